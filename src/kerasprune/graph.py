@@ -1,0 +1,459 @@
+"""The channel-dependency graph: which channels of a model must go together.
+
+`analyze(model)` walks the model's symbolic graph once, in topological order,
+asking each layer's rule how it moves channels. Channels are atoms (integer
+ids, one per filter of each producer); couplers unify atoms in a union-find,
+and producers whose atoms meet form one *group*. A group's channels are the
+classes of unified atoms, numbered in the order of the group's first producer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import keras
+import numpy as np
+
+from kerasprune import rules as _rules  # noqa: F401  (registers the built-in rules)
+from kerasprune.errors import PruningError, SelectionError, describe
+from kerasprune.rules.base import Barrier, Chan, NodeView, Rule, WeightSlice, norm_axis
+from kerasprune.rules.registry import find_rule
+from kerasprune.rules.reshaping import Elementwise
+
+log = logging.getLogger(__name__)
+_ELEMENTWISE = Elementwise()
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of coupled channels that can only be removed together.
+
+    Attributes:
+        id: Index in `ChannelGraph.groups`.
+        layers: Names of the layers whose filters/units are these channels,
+            in topological order (every producer of a residual stream).
+        size: Number of channels.
+        prunable: Whether channels of this group may be removed.
+        reason: Why not, naming the blocking layer; `None` when prunable.
+        exact: Whether removal computes exactly what masking computes.
+        approx_reason: Why not exact (the normalizing layer), or `None`.
+        members: Every layer with weights indexed by these channels.
+    """
+
+    id: int
+    layers: tuple[str, ...]
+    size: int
+    prunable: bool
+    reason: str | None
+    exact: bool
+    approx_reason: str | None = None
+    members: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        state = "prunable" if self.prunable else f"blocked: {self.reason}"
+        if self.prunable and not self.exact:
+            state += f" (approximate: {self.approx_reason})"
+        return f"group {self.id}: {self.size} channels, {', '.join(self.layers)} [{state}]"
+
+
+@dataclass
+class LayerRecord:
+    """What the analysis learned about one layer (internal to kerasprune)."""
+
+    key: str
+    layer: Any
+    rule: Rule | None
+    slices: list[WeightSlice] = field(default_factory=list)
+    calls: list[tuple[list, list, list, list]] = field(default_factory=list)
+    produces: np.ndarray | None = None
+    barrier: str | None = None
+
+
+class Builder:
+    """The analysis state that rules talk to (see `kerasprune.rules.base`)."""
+
+    def __init__(self, channelwise: Iterable[str] = ()):
+        self._atom_parent: list[int] = []
+        self._atom_space: list[int] = []
+        self._space_parent: list[int] = []
+        self._space_owner: list[str | None] = []
+        self._blocks: list[tuple[np.ndarray, str]] = []
+        self._inexact: list[tuple[np.ndarray, str]] = []
+        self.records: dict[str, LayerRecord] = {}
+        self._by_id: dict[int, str] = {}
+        self._channelwise = set(channelwise)
+        self.order: list[str] = []
+
+    # -- union-find ------------------------------------------------------------------
+    def new_atoms(self, n: int, owner: str | None = None, blocked: str | None = None) -> np.ndarray:
+        start = len(self._atom_parent)
+        space = len(self._space_parent)
+        self._space_parent.append(space)
+        self._space_owner.append(owner)
+        self._atom_parent.extend(range(start, start + n))
+        self._atom_space.extend([space] * n)
+        atoms = np.arange(start, start + n, dtype=np.int64)
+        if blocked:
+            self._blocks.append((atoms, blocked))
+        return atoms
+
+    @staticmethod
+    def _find(parent: list[int], x: int) -> int:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Declare channel `a[i]` and `b[i]` to be the same channel, for every i."""
+        if len(a) != len(b):  # pragma: no cover - rules check shapes first
+            raise Barrier(f"cannot couple {len(a)} channels with {len(b)}")
+        ap, sp, asp = self._atom_parent, self._space_parent, self._atom_space
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self._find(ap, x), self._find(ap, y)
+            if rx != ry:
+                ap[max(rx, ry)] = min(rx, ry)
+            sx, sy = self._find(sp, asp[x]), self._find(sp, asp[y])
+            if sx != sy:
+                sp[max(sx, sy)] = min(sx, sy)
+
+    # -- rule-facing API -------------------------------------------------------------
+    def produce(self, view: NodeView, n: int) -> np.ndarray:
+        rec = self.records[view.key]
+        if rec.produces is None:
+            rec.produces = self.new_atoms(int(n), owner=view.key)
+        return rec.produces
+
+    def expect(self, view: NodeView, i: int, axis: int) -> np.ndarray:
+        """Atoms of input `i` along `axis`; a barrier if channels are elsewhere."""
+        c = view.inputs[i]
+        shape = view.in_shapes[i]
+        axis = norm_axis(axis, len(shape))
+        if not 0 < axis < len(shape):
+            raise Barrier(f"expects channels on axis {axis} of a rank-{len(shape)} input")
+        if c.frozen:
+            n = shape[axis]
+            if n is None:
+                raise Barrier(f"channel dimension of input {i} is not static")
+            atoms = self.new_atoms(int(n), blocked=c.frozen)
+        elif c.axis != axis:
+            raise Barrier(f"expects channels on axis {axis}, but they are on axis {c.axis}")
+        else:
+            atoms = c.atoms
+        while len(view.in_atoms) <= i:
+            view.in_atoms.append(None)
+        view.in_atoms[i] = atoms
+        return atoms
+
+    def block(self, atoms: np.ndarray, reason: str) -> None:
+        if len(atoms):
+            self._blocks.append((atoms, reason))
+
+    def inexact(self, atoms: np.ndarray, reason: str) -> None:
+        if len(atoms):
+            self._inexact.append((atoms, reason))
+
+    def slice(self, view: NodeView, index: int, axis: int, atoms: np.ndarray, zero: bool = True) -> None:
+        if view.call:
+            return
+        rank = len(view.layer.weights[index].shape)
+        self.records[view.key].slices.append(WeightSlice(index, norm_axis(axis, rank), atoms, zero))
+
+    # -- graph walk ------------------------------------------------------------------
+    def walk(self, fn, inputs: list[Chan], prefix: str) -> list[Chan]:
+        env = {id(t): c for t, c in zip(fn.inputs, inputs)}
+        for depth in sorted(fn._nodes_by_depth, reverse=True):
+            for node in fn._nodes_by_depth[depth]:
+                op = node.operation
+                if op is None or node.is_input:
+                    continue
+                if any(id(t) not in env for t in node.input_tensors):
+                    continue
+                ins = [env[id(t)] for t in node.input_tensors]
+                inner = _functional_of(op)
+                if inner is not None:
+                    self._enter(op, prefix)
+                    outs = self.walk(inner, ins, f"{prefix}{op.name}/")
+                else:
+                    outs = self.apply(op, node, ins, prefix)
+                for t, c in zip(node.outputs, outs):
+                    env[id(t)] = c
+        return [env[id(t)] for t in fn.outputs]
+
+    def _enter(self, op, prefix: str) -> None:
+        self._by_id.setdefault(id(op), f"{prefix}{op.name}")
+
+    def apply(self, op, node, ins: list[Chan], prefix: str) -> list[Chan]:
+        key = f"{prefix}{op.name}"
+        rec = self.records.get(key)
+        if rec is None:
+            rule = _ELEMENTWISE if (op.name in self._channelwise or key in self._channelwise) else find_rule(op)
+            rec = self.records[key] = LayerRecord(key, op, rule)
+            self._by_id[id(op)] = key
+            self.order.append(key)
+        view = NodeView(
+            layer=op,
+            key=key,
+            inputs=ins,
+            in_shapes=[tuple(t.shape) for t in node.input_tensors],
+            out_shapes=[tuple(t.shape) for t in node.outputs],
+            node=node,
+            call=len(rec.calls),
+        )
+        try:
+            if rec.rule is None:
+                raise Barrier("no pruning rule is registered for this layer type")
+            outs = rec.rule.analyze(view, self)
+            if len(outs) != len(node.outputs):
+                raise Barrier(f"rule returned {len(outs)} outputs for {len(node.outputs)} tensors")
+            for c, t in zip(outs, node.outputs):
+                if not c.frozen and (c.axis >= len(t.shape) or t.shape[c.axis] != c.size):
+                    raise Barrier(f"rule placed {c.size} channels on axis {c.axis} of shape {t.shape}")
+        except Barrier as e:
+            return self._barrier(rec, view, e.reason)
+        if view.call and rec.rule.couples_calls and op.weights:
+            first = rec.calls[0][0]
+            for a, b in zip(first, view.in_atoms):
+                if a is not None and b is not None and len(a) == len(b):
+                    self.unify(a, b)
+        rec.calls.append(
+            (list(view.in_atoms), [c.atoms for c in outs], [None] * 0, [c.axis for c in outs])
+        )
+        return outs
+
+    def _barrier(self, rec: LayerRecord, view: NodeView, why: str) -> list[Chan]:
+        reason = f"layer {describe(view.layer)} blocks it: {why}"
+        if view.key != view.layer.name:
+            reason = f"layer '{view.key}' ({type(view.layer).__name__}) blocks it: {why}"
+        rec.barrier = rec.barrier or reason
+        for c in view.inputs:
+            if not c.frozen:
+                self.block(c.atoms, reason)
+        rec.calls.append(([None] * len(view.inputs), [None] * len(view.out_shapes), [], []))
+        return [Chan(None, None, frozen=reason) for _ in view.out_shapes]
+
+
+def _functional_of(op):
+    """The Functional graph behind a nested model, or None for a plain layer."""
+    if isinstance(op, keras.Sequential):
+        fn = getattr(op, "_functional", None)
+        if fn is None:
+            raise PruningError(f"Nested Sequential {describe(op)} is not built; build it first")
+        return fn
+    if isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
+        return op
+    return None
+
+
+class ChannelGraph:
+    """The result of `analyze`: groups of coupled channels and how layers use them.
+
+    Attributes:
+        model: The analyzed model (never modified by kerasprune).
+        groups: Every group with at least one producer, in topological order.
+    """
+
+    def __init__(self, model, builder: Builder):
+        self.model = model
+        self.records = builder.records
+        self.order = tuple(builder.order)
+        self._by_id = builder._by_id
+        ap, sp = builder._atom_parent, builder._space_parent
+        find = Builder._find
+        n = len(ap)
+        self.atom_root = np.fromiter((find(ap, i) for i in range(n)), dtype=np.int64, count=n)
+        space_root = np.fromiter((find(sp, s) for s in range(len(sp))), dtype=np.int64, count=len(sp))
+        atom_space_root = space_root[np.asarray(builder._atom_space, dtype=np.int64)] if n else space_root[:0]
+        # Public groups: space roots owning at least one producer, in creation order.
+        owners: dict[int, list[str]] = {}
+        for s, owner in enumerate(builder._space_owner):
+            if owner is not None:
+                owners.setdefault(int(space_root[s]), []).append(owner)
+        roots = sorted(set(space_root.tolist()))
+        public = [r for r in roots if r in owners]
+        hidden = [r for r in roots if r not in owners]
+        gid_of_root = {r: i for i, r in enumerate(public + hidden)}
+        self.n_public = len(public)
+        self.atom_group = np.fromiter((gid_of_root[r] for r in atom_space_root.tolist()), np.int64, n)
+        # Channel index: rank of the atom's root among its group's roots.
+        uroots = np.unique(self.atom_root)
+        ugroup = self.atom_group[uroots]
+        order = np.lexsort((uroots, ugroup))
+        sizes = np.bincount(ugroup, minlength=len(roots))
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        chan_of_root = np.empty(n, dtype=np.int64)
+        sorted_groups = ugroup[order]
+        chan_of_root[uroots[order]] = np.arange(len(uroots)) - offsets[sorted_groups]
+        self.atom_channel = chan_of_root[self.atom_root] if n else chan_of_root
+        self.group_offsets = offsets
+        self.group_sizes = sizes
+        reasons: dict[int, str] = {}
+        for atoms, why in builder._blocks:
+            for gid in np.unique(self.atom_group[atoms]).tolist():
+                reasons.setdefault(gid, why)
+        approx: dict[int, str] = {}
+        for atoms, why in builder._inexact:
+            for gid in np.unique(self.atom_group[atoms]).tolist():
+                approx.setdefault(gid, why)
+        members: dict[int, list[str]] = {}
+        for key in self.order:
+            for s in self.records[key].slices:
+                for gid in np.unique(self.atom_group[s.atoms]).tolist():
+                    lst = members.setdefault(gid, [])
+                    if not lst or lst[-1] != key:
+                        lst.append(key)
+        self._all_groups = tuple(
+            Group(
+                id=gid,
+                layers=tuple(dict.fromkeys(owners.get(r, []))),
+                size=int(sizes[gid]),
+                prunable=gid not in reasons,
+                reason=reasons.get(gid),
+                exact=gid not in approx,
+                approx_reason=approx.get(gid),
+                members=tuple(dict.fromkeys(members.get(gid, []))),
+            )
+            for r, gid in gid_of_root.items()
+        )
+        self._all_groups = tuple(sorted(self._all_groups, key=lambda g: g.id))
+        self.groups = self._all_groups[: self.n_public]
+
+    # -- lookups ---------------------------------------------------------------------
+    def key_of(self, layer) -> str:
+        """The graph's name for `layer` (a layer object or a name).
+
+        Nested layers are named `outer/inner`; the bare inner name works when
+        it is unique.
+
+        Raises:
+            SelectionError: no such layer in the model.
+        """
+        if not isinstance(layer, str):
+            key = self._by_id.get(id(layer))
+            if key is None:
+                raise SelectionError(f"Layer {describe(layer)} is not part of model '{self.model.name}'")
+            return key
+        if layer in self.records:
+            return layer
+        matches = [k for k in self.records if k.rsplit("/", 1)[-1] == layer]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise SelectionError(f"Layer name '{layer}' is ambiguous; use one of {matches}")
+        near = [k for k in self.records if layer.lower() in k.lower()][:5]
+        hint = f" Similar: {near}." if near else ""
+        raise SelectionError(f"Unknown layer '{layer}' in model '{self.model.name}'.{hint}")
+
+    def layer(self, key: str):
+        return self.records[self.key_of(key)].layer
+
+    def output_atoms(self, layer) -> np.ndarray:
+        """Atoms of `layer`'s output channels (its filters or units).
+
+        Raises:
+            SelectionError: the layer has no channels of its own to select.
+        """
+        key = self.key_of(layer)
+        rec = self.records[key]
+        if rec.barrier:
+            raise SelectionError(f"Cannot select channels of {rec.barrier}")
+        outs = [c[1][0] for c in rec.calls if c[1] and c[1][0] is not None]
+        if rec.produces is not None:
+            return rec.produces
+        if not outs:
+            raise SelectionError(f"Layer '{key}' ({type(rec.layer).__name__}) has no output channels to select")
+        if any(not np.array_equal(self.atom_root[o], self.atom_root[outs[0]]) for o in outs[1:]):
+            raise SelectionError(
+                f"Layer '{key}' ({type(rec.layer).__name__}) is called on different channels at "
+                "different nodes; select on the layers that produce them"
+            )
+        return outs[0]
+
+    def group_of(self, layer) -> Group:
+        """The group holding `layer`'s output channels (one group expected)."""
+        atoms = self.output_atoms(layer)
+        gids = np.unique(self.atom_group[atoms])
+        if len(gids) != 1:
+            raise SelectionError(
+                f"Layer '{self.key_of(layer)}' outputs channels of {len(gids)} groups {gids.tolist()}"
+            )
+        return self._all_groups[int(gids[0])]
+
+    def channels_of(self, layer) -> tuple[np.ndarray, np.ndarray]:
+        """(group id, channel index) of each output position of `layer`."""
+        atoms = self.output_atoms(layer)
+        return self.atom_group[atoms], self.atom_channel[atoms]
+
+    def slices(self, group: Group | int) -> list[tuple[str, WeightSlice, np.ndarray]]:
+        """Weights indexed by `group`'s channels: (layer key, slice, channel per position or -1)."""
+        gid = group if isinstance(group, int) else group.id
+        out = []
+        for key in self._all_groups[gid].members:
+            for s in self.records[key].slices:
+                sel = self.atom_group[s.atoms] == gid
+                if sel.any():
+                    out.append((key, s, np.where(sel, self.atom_channel[s.atoms], -1)))
+        return out
+
+    @property
+    def prunable_groups(self) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if g.prunable)
+
+    # -- display ---------------------------------------------------------------------
+    def summary(self) -> str:
+        """A readable table of the groups."""
+        lines = [
+            f"ChannelGraph of '{self.model.name}': {len(self.groups)} groups, "
+            f"{len(self.prunable_groups)} prunable, "
+            f"{sum(1 for g in self.prunable_groups if not g.exact)} approximate"
+        ]
+        for g in self.groups:
+            lines.append(f"  {g}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def __repr__(self) -> str:
+        return f"<ChannelGraph '{self.model.name}': {len(self.groups)} groups>"
+
+
+def analyze(model, *, channelwise: Iterable[str] = ()) -> ChannelGraph:
+    """Build the channel-dependency graph of a Keras model.
+
+    The model is only read. Sequential and Functional models are supported,
+    including nested models and shared layers.
+
+    Args:
+        model: A built `keras.Model` (Functional or Sequential).
+        channelwise: Names of layers (e.g. `Lambda`s) to treat as element-wise,
+            channel-preserving operations.
+
+    Returns:
+        A `ChannelGraph`; `graph.groups` lists every coupled set of channels.
+
+    Raises:
+        PruningError: the model is not a built Functional/Sequential model.
+
+    Example:
+        >>> graph = kerasprune.analyze(model)
+        >>> print(graph.summary())
+    """
+    fn = _functional_of(model) if isinstance(model, keras.Model) else None
+    if fn is None:
+        raise PruningError(
+            f"kerasprune needs a built Functional or Sequential keras.Model. Received: {type(model).__name__}"
+        )
+    b = Builder(channelwise)
+    ins = [Chan(None, None, frozen=f"channels come from model input '{t.name}'") for t in fn.inputs]
+    outs = b.walk(fn, ins, "")
+    for c, t in zip(outs, fn.outputs):
+        if not c.frozen:
+            name = t._keras_history.operation.name if hasattr(t, "_keras_history") else t.name
+            b.block(c.atoms, f"channels reach the model output (layer '{name}')")
+    graph = ChannelGraph(model, b)
+    log.debug("analyzed %s: %d groups", model.name, len(graph.groups))
+    return graph

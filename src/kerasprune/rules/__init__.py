@@ -1,0 +1,35 @@
+"""Per-layer-type pruning rules and their registry.
+
+Importing this package registers the rules for every supported Keras layer.
+Users add rules for their own layers with `register_rule`.
+"""
+
+from kerasprune.rules import applications as _applications  # noqa: F401  (registers)
+from kerasprune.rules import convolution as _convolution  # noqa: F401
+from kerasprune.rules import merging as _merging  # noqa: F401
+from kerasprune.rules import normalization as _normalization  # noqa: F401
+from kerasprune.rules import reshaping as _reshaping  # noqa: F401
+from kerasprune.rules.base import Barrier, Chan, NodeIO, NodeView, Rule, WeightSlice
+from kerasprune.rules.merging import ConcatenateRule, CouplerRule, OpRule
+from kerasprune.rules.normalization import ChannelParams
+from kerasprune.rules.registry import find_rule, register_rule, registered, unregister_rule
+from kerasprune.rules.reshaping import Elementwise, SpatialRule
+
+__all__ = [
+    "Barrier",
+    "Chan",
+    "ChannelParams",
+    "ConcatenateRule",
+    "CouplerRule",
+    "Elementwise",
+    "NodeIO",
+    "NodeView",
+    "OpRule",
+    "Rule",
+    "SpatialRule",
+    "WeightSlice",
+    "find_rule",
+    "register_rule",
+    "registered",
+    "unregister_rule",
+]

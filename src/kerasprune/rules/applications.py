@@ -1,0 +1,28 @@
+"""Rules for the custom layers defined inside `keras.applications`.
+
+- ConvNeXt's `LayerScale` (per-channel `gamma`) and `StochasticDepth`.
+- InceptionResNetV2's `CustomScaleLayer` (`x[0] + x[1] * scale`).
+"""
+
+from __future__ import annotations
+
+from kerasprune.rules.merging import CouplerRule
+from kerasprune.rules.normalization import ChannelParams
+from kerasprune.rules.registry import register_rule
+from kerasprune.rules.reshaping import Elementwise
+
+try:  # pragma: no branch - present in every supported Keras 3
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+except ImportError:  # pragma: no cover
+    LayerScale = StochasticDepth = None
+try:
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+except ImportError:  # pragma: no cover
+    CustomScaleLayer = None
+
+if LayerScale is not None:
+    register_rule(LayerScale, ChannelParams(("gamma",), config_key="projection_dim"))
+if StochasticDepth is not None:
+    register_rule(StochasticDepth, Elementwise())
+if CustomScaleLayer is not None:
+    register_rule(CustomScaleLayer, CouplerRule())

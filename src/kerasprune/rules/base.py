@@ -1,0 +1,152 @@
+"""The vocabulary every pruning rule speaks.
+
+A *rule* tells the graph analysis how one kind of layer moves channels from its
+inputs to its outputs, which of its weights are indexed by channels, and how its
+config changes when channels go away. Rules never touch the model: they describe.
+
+Channels are tracked as *atoms*: integer ids, one per channel created by a
+producer (a conv's filters, a dense layer's units). A tensor carries a `Chan`: the
+axis that holds channels and, for each position along it, the atom that lives
+there. Pass-through layers hand the same atoms on, couplers (`Add`) unify atoms,
+index maps (`Concatenate`, `Flatten`) rearrange them. Removing a channel removes
+every position whose atom is in its class, everywhere in the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kerasprune.graph import Builder
+
+
+class Barrier(Exception):
+    """Raised by a rule when a layer cannot carry channels through.
+
+    The analysis catches it, marks every group that reaches the layer as not
+    prunable with `reason`, and gives the layer's outputs frozen channels.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Chan:
+    """The channel layout of one symbolic tensor.
+
+    Attributes:
+        axis: Axis of the full shape (batch included) that holds the channels,
+            or `None` when the tensor is *frozen*.
+        atoms: One atom id per position along `axis` (`None` when frozen).
+        frozen: Why the channels cannot be removed (model input, barrier
+            output), or `None` for a normal tensor.
+    """
+
+    axis: int | None
+    atoms: np.ndarray | None
+    frozen: str | None = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.atoms is None else int(self.atoms.shape[0])
+
+
+@dataclass(frozen=True)
+class WeightSlice:
+    """One axis of one weight that is indexed by channels.
+
+    Attributes:
+        index: Position of the variable in `layer.weights`.
+        axis: Axis of that variable indexed by channels.
+        atoms: Atom of each position along `axis`.
+        zero: Whether masking zeroes the removed positions (kernels, biases,
+            BN gamma/beta) or leaves them (BN moving statistics).
+    """
+
+    index: int
+    axis: int
+    atoms: np.ndarray
+    zero: bool = True
+
+
+@dataclass
+class NodeView:
+    """What a rule sees of one call of a layer."""
+
+    layer: Any
+    key: str
+    inputs: list[Chan]
+    in_shapes: list[tuple]
+    out_shapes: list[tuple]
+    node: Any = None
+    call: int = 0
+    in_atoms: list = field(default_factory=list)
+
+    def rank(self, i: int = 0) -> int:
+        return len(self.in_shapes[i])
+
+
+@dataclass
+class NodeIO:
+    """Keep masks of one call, handed to `Rule.rebuild_config`."""
+
+    inputs: list[np.ndarray | None] = field(default_factory=list)
+    outputs: list[np.ndarray | None] = field(default_factory=list)
+    in_axes: list[int | None] = field(default_factory=list)
+    out_axes: list[int | None] = field(default_factory=list)
+
+
+def channel_axis(data_format: str | None, rank: int) -> int:
+    """The channel axis of a tensor of `rank` for a Keras `data_format`."""
+    return 1 if data_format == "channels_first" else rank - 1
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def weight_index(layer, variable) -> int:
+    """Position of `variable` in `layer.weights` (identity, not name)."""
+    for i, w in enumerate(layer.weights):
+        if w is variable:
+            return i
+    raise KeyError(f"variable {getattr(variable, 'path', variable)} not in {layer.name}")
+
+
+class Rule:
+    """Base class of all rules. Subclasses implement `analyze`.
+
+    Attributes:
+        exact: `False` for layers whose outputs on kept channels change when
+            other channels are removed (normalization across channels).
+    """
+
+    #: Layers called at several nodes with per-channel weights must see the same
+    #: channels at every call; the analysis unifies their inputs when True.
+    couples_calls: bool = True
+
+    def analyze(self, view: NodeView, g: "Builder") -> list[Chan]:  # pragma: no cover
+        raise NotImplementedError
+
+    def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
+        """Return the config of the smaller layer. Default: unchanged."""
+        return config
+
+    # Helpers shared by subclasses -------------------------------------------------
+    @staticmethod
+    def same(view: NodeView) -> list[Chan]:
+        """Outputs carry the first input's channels unchanged."""
+        return [view.inputs[0] for _ in view.out_shapes]
+
+
+def kept(mask: np.ndarray | None) -> int | None:
+    return None if mask is None else int(np.count_nonzero(mask))
+
+
+def compress_list(values: Sequence, mask: np.ndarray) -> list:
+    return [v for v, k in zip(values, mask) if k]

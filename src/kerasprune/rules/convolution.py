@@ -1,0 +1,178 @@
+"""Rules for layers whose weights create and read channels.
+
+Weight layouts (Keras 3):
+- `Conv*`: kernel `kernel_size + (in // groups, filters)`, bias `(filters,)`.
+- `Conv*Transpose`: kernel `kernel_size + (filters, in)`.
+- `DepthwiseConv*`: kernel `kernel_size + (in, depth_multiplier)`; output
+  channel `c * m + k` belongs to input channel `c`.
+- `SeparableConv*`: depthwise `kernel_size + (in, m)`, pointwise
+  `(1,) * n + (in * m, filters)`.
+- `Dense`: kernel `(in, units)`; acts on the last axis of any rank.
+- `Embedding`: embeddings `(input_dim, output_dim)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import layers
+
+from kerasprune.rules.base import (
+    Barrier,
+    Chan,
+    NodeIO,
+    NodeView,
+    Rule,
+    channel_axis,
+    kept,
+    weight_index,
+)
+from kerasprune.rules.registry import register_many, register_rule
+
+
+def _data_format(layer) -> str:
+    return getattr(layer, "data_format", None) or "channels_last"
+
+
+class ConvRule(Rule):
+    """`Conv1D/2D/3D`: a producer of `filters` channels, a consumer of its input.
+
+    With `groups > 1` the input channels cannot be removed (the group structure
+    of the kernel would break); output filters may be removed when every group
+    loses the same number, which keeps `filters` divisible by `groups`.
+    """
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        layer = view.layer
+        rank = view.rank()
+        axis = channel_axis(_data_format(layer), rank)
+        ins = g.expect(view, 0, axis)
+        groups = int(getattr(layer, "groups", 1) or 1)
+        out = g.produce(view, layer.filters)
+        k = weight_index(layer, layer.kernel)
+        if groups > 1:
+            g.block(ins, f"grouped convolution '{view.key}' (groups={groups}) cannot lose input channels")
+        else:
+            g.slice(view, k, -2, ins)
+        g.slice(view, k, -1, out)
+        if layer.use_bias:
+            g.slice(view, weight_index(layer, layer.bias), 0, out)
+        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+
+    def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
+        n = kept(io.outputs[0])
+        groups = int(config.get("groups", 1) or 1)
+        if groups > 1 and n is not None:
+            per = layer.filters // groups
+            counts = [int(np.count_nonzero(io.outputs[0][i * per : (i + 1) * per])) for i in range(groups)]
+            if len(set(counts)) != 1:
+                from kerasprune.errors import PruningError
+
+                raise PruningError(
+                    f"Layer '{layer.name}' ({type(layer).__name__}) has groups={groups}: every group "
+                    f"must keep the same number of filters. Kept per group: {counts}"
+                )
+        return {**config, "filters": n}
+
+
+class ConvTransposeRule(Rule):
+    """`Conv*Transpose`: kernel `kernel_size + (filters, in)`."""
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        layer = view.layer
+        axis = channel_axis(_data_format(layer), view.rank())
+        ins = g.expect(view, 0, axis)
+        out = g.produce(view, layer.filters)
+        k = weight_index(layer, layer.kernel)
+        g.slice(view, k, -1, ins)
+        g.slice(view, k, -2, out)
+        if layer.use_bias:
+            g.slice(view, weight_index(layer, layer.bias), 0, out)
+        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+
+    def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
+        return {**config, "filters": kept(io.outputs[0])}
+
+
+class DepthwiseRule(Rule):
+    """`DepthwiseConv1D/2D`: channel `c` owns outputs `c*m ... c*m+m-1`."""
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        layer = view.layer
+        axis = channel_axis(_data_format(layer), view.rank())
+        ins = g.expect(view, 0, axis)
+        m = int(layer.depth_multiplier)
+        out = np.repeat(ins, m) if m > 1 else ins
+        g.slice(view, weight_index(layer, layer.kernel), -2, ins)
+        if layer.use_bias:
+            g.slice(view, weight_index(layer, layer.bias), 0, out)
+        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+
+
+class SeparableRule(Rule):
+    """`SeparableConv1D/2D`: depthwise then pointwise; produces `filters`."""
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        layer = view.layer
+        axis = channel_axis(_data_format(layer), view.rank())
+        ins = g.expect(view, 0, axis)
+        m = int(layer.depth_multiplier)
+        out = g.produce(view, layer.filters)
+        g.slice(view, weight_index(layer, layer.depthwise_kernel), -2, ins)
+        pw = weight_index(layer, layer.pointwise_kernel)
+        g.slice(view, pw, -2, np.repeat(ins, m) if m > 1 else ins)
+        g.slice(view, pw, -1, out)
+        if layer.use_bias:
+            g.slice(view, weight_index(layer, layer.bias), 0, out)
+        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+
+    def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
+        return {**config, "filters": kept(io.outputs[0])}
+
+
+class DenseRule(Rule):
+    """`Dense` on the last axis of a tensor of any rank (ConvNeXt uses 4-D)."""
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        layer = view.layer
+        if getattr(layer, "lora_enabled", False):
+            raise Barrier("LoRA-enabled Dense layers are not supported")
+        if getattr(layer, "quantization_mode", None):
+            raise Barrier("quantized Dense layers are not supported")
+        ins = g.expect(view, 0, view.rank() - 1)
+        out = g.produce(view, layer.units)
+        k = weight_index(layer, layer.kernel)
+        g.slice(view, k, 0, ins)
+        g.slice(view, k, 1, out)
+        if layer.use_bias:
+            g.slice(view, weight_index(layer, layer.bias), 0, out)
+        return [Chan(len(view.out_shapes[0]) - 1, out)]
+
+    def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
+        return {**config, "units": kept(io.outputs[0])}
+
+
+class EmbeddingRule(Rule):
+    """`Embedding`: produces `output_dim` channels from integer ids."""
+
+    couples_calls = False
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        layer = view.layer
+        if getattr(layer, "quantization_mode", None):
+            raise Barrier("quantized Embedding layers are not supported")
+        out = g.produce(view, layer.output_dim)
+        g.slice(view, weight_index(layer, layer.embeddings), 1, out)
+        return [Chan(len(view.out_shapes[0]) - 1, out)]
+
+    def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
+        return {**config, "output_dim": kept(io.outputs[0])}
+
+
+register_many([layers.Conv1D, layers.Conv2D, layers.Conv3D], ConvRule())
+register_many(
+    [layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose], ConvTransposeRule()
+)
+register_many([layers.DepthwiseConv1D, layers.DepthwiseConv2D], DepthwiseRule())
+register_many([layers.SeparableConv1D, layers.SeparableConv2D], SeparableRule())
+register_rule(layers.Dense, DenseRule())
+register_rule(layers.Embedding, EmbeddingRule())

@@ -1,0 +1,73 @@
+"""Registry of pruning rules, keyed by layer class and found through the MRO.
+
+A rule registered for `keras.layers.Conv2D` also serves a user's subclass of
+`Conv2D`, unless the subclass has its own rule.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kerasprune.rules.base import Rule
+
+_RULES: dict[type, Rule] = {}
+
+
+def register_rule(layer_class: type, rule: Rule | None = None):
+    """Register `rule` for `layer_class` (and its subclasses).
+
+    Usable directly, `register_rule(MyLayer, ChannelParams(("scale",)))`, or as a
+    class decorator on a rule class, `@register_rule(MyLayer)`, which registers
+    an instance made with no arguments.
+
+    Args:
+        layer_class: A Keras layer (or operation) class.
+        rule: A `Rule` instance. Omit it to use the decorator form.
+
+    Returns:
+        The rule (or, as a decorator, the rule class).
+
+    Raises:
+        TypeError: `layer_class` is not a class or `rule` is not a `Rule`.
+    """
+    if not isinstance(layer_class, type):
+        raise TypeError(f"register_rule expects a class. Received: {layer_class!r}")
+    if rule is None:
+
+        def decorator(rule_cls: type) -> type:
+            register_rule(layer_class, rule_cls())
+            return rule_cls
+
+        return decorator
+    if not isinstance(rule, Rule):
+        raise TypeError(f"register_rule expects a kerasprune Rule. Received: {rule!r}")
+    _RULES[layer_class] = rule
+    return rule
+
+
+def unregister_rule(layer_class: type) -> None:
+    """Remove the rule registered for exactly `layer_class` (no-op if none)."""
+    _RULES.pop(layer_class, None)
+
+
+def find_rule(layer) -> Rule | None:
+    """The rule for `layer`'s class, looked up through the class hierarchy."""
+    for cls in type(layer).__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule
+    return None
+
+
+def registered() -> dict[type, Rule]:
+    """A copy of the registry (class -> rule)."""
+    return dict(_RULES)
+
+
+def register_many(classes, rule: Rule) -> None:
+    for cls in classes:
+        if cls is not None:
+            register_rule(cls, rule)
+
+
+RuleFactory = Callable[[], Rule]
