@@ -1,0 +1,37 @@
+# kerasprune: `make demo` and `make test` set everything up on a fresh clone (Python 3.11 + pip).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-tf test-jax test-torch lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,jax,torch]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kerasprune demo
+
+test: $(STAMP)
+	$(MAKE) --no-print-directory test-tf test-jax test-torch
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider -m backend
+
+test-torch: $(STAMP)
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider -m backend
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/surgery.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
