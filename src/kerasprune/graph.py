@@ -85,6 +85,7 @@ class Builder:
         self._by_id: dict[int, str] = {}
         self._channelwise = set(channelwise)
         self.order: list[str] = []
+        self.nested: dict[str, list] = {}
 
     # -- union-find ------------------------------------------------------------------
     def new_atoms(self, n: int, owner: str | None = None, blocked: str | None = None) -> np.ndarray:
@@ -176,7 +177,7 @@ class Builder:
                 ins = [env[id(t)] for t in node.input_tensors]
                 inner = _functional_of(op)
                 if inner is not None:
-                    self._enter(op, prefix)
+                    self._enter(op, prefix, node, ins)
                     outs = self.walk(inner, ins, f"{prefix}{op.name}/")
                 else:
                     outs = self.apply(op, node, ins, prefix)
@@ -184,8 +185,12 @@ class Builder:
                     env[id(t)] = c
         return [env[id(t)] for t in fn.outputs]
 
-    def _enter(self, op, prefix: str) -> None:
-        self._by_id.setdefault(id(op), f"{prefix}{op.name}")
+    def _enter(self, op, prefix: str, node, ins: list[Chan]) -> None:
+        """Remember a nested model's input channels: its `Input`s must be resized."""
+        key = f"{prefix}{op.name}"
+        self._by_id.setdefault(id(op), key)
+        shapes = [tuple(t.shape) for t in node.input_tensors]
+        self.nested.setdefault(key, []).append((shapes, ins))
 
     def apply(self, op, node, ins: list[Chan], prefix: str) -> list[Chan]:
         key = f"{prefix}{op.name}"
@@ -215,7 +220,7 @@ class Builder:
                     raise Barrier(f"rule placed {c.size} channels on axis {c.axis} of shape {t.shape}")
         except Barrier as e:
             return self._barrier(rec, view, e.reason)
-        if view.call and rec.rule.couples_calls and op.weights:
+        if view.call and rec.rule.couples_calls and getattr(op, "weights", None):
             first = rec.calls[0][0]
             for a, b in zip(first, view.in_atoms):
                 if a is not None and b is not None and len(a) == len(b):
@@ -260,6 +265,7 @@ class ChannelGraph:
     def __init__(self, model, builder: Builder):
         self.model = model
         self.records = builder.records
+        self.nested = builder.nested
         self.order = tuple(builder.order)
         self._by_id = builder._by_id
         ap, sp = builder._atom_parent, builder._space_parent

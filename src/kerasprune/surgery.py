@@ -13,10 +13,11 @@ import logging
 from typing import Mapping
 
 import keras
+from keras import tree
 import numpy as np
 
 from kerasprune.errors import PruningError
-from kerasprune.graph import ChannelGraph, LayerRecord, analyze
+from kerasprune.graph import ChannelGraph, LayerRecord, _functional_of, analyze
 from kerasprune.plan import Plan, make_plan
 from kerasprune.rules.base import NodeIO
 
@@ -60,26 +61,52 @@ def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list[np.ndarray]
     return weights
 
 
+def _nested_inputs(plan: Plan, key: str | None, model) -> list | None:
+    """New `Input`s for a nested model whose input channels shrink."""
+    calls = plan.graph.nested.get(key or "", [])
+    if not calls:
+        return None
+    shapes, chans = calls[0]
+    inputs = []
+    for shape, c, t in zip(shapes, chans, model.inputs):
+        shape = list(shape)
+        if not c.frozen:
+            shape[c.axis] = int(plan.keep(c.atoms).sum())
+        inputs.append(keras.Input(batch_shape=tuple(shape), dtype=t.dtype))
+    return inputs
+
+
 def rebuild(plan: Plan) -> keras.Model:
     """Build the smaller model that `plan` describes (the original is untouched)."""
     graph = plan.graph
     pairs = []
+    cache: dict[int, object] = {}
 
     def clone_function(layer):
+        if id(layer) in cache:
+            return cache[id(layer)]
         key = graph._by_id.get(id(layer))
-        rec = graph.records.get(key) if key else None
-        new = layer.__class__.from_config(_new_config(plan, rec, layer))
-        pairs.append((layer, new, rec))
+        if _functional_of(layer) is not None:
+            inputs = _nested_inputs(plan, key, layer)
+            if inputs is not None:
+                struct = inputs[0] if isinstance(layer, keras.Sequential) else layer._inputs_struct
+                inputs = inputs[0] if isinstance(layer, keras.Sequential) else tree.pack_sequence_as(struct, inputs)
+            new = keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone_function)
+        else:
+            rec = graph.records.get(key) if key else None
+            new = layer.__class__.from_config(_new_config(plan, rec, layer))
+            pairs.append((layer, new, rec))
+        cache[id(layer)] = new
         return new
 
     try:
-        new_model = keras.models.clone_model(graph.model, clone_function=clone_function, recursive=True)
+        new_model = keras.models.clone_model(graph.model, clone_function=clone_function)
     except PruningError:
         raise
     except Exception as e:  # a layer refused its new config or input shape
         raise PruningError(f"Rebuilding the pruned model failed: {type(e).__name__}: {e}") from e
     for layer, new, rec in pairs:
-        if not layer.weights:
+        if not getattr(layer, "weights", None):
             continue
         weights = _new_weights(plan, rec, layer)
         try:
