@@ -6,9 +6,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from kerasprune.testing import copy_model, max_output_difference, random_input  # noqa: E402
-
 import kerasprune as kp  # noqa: E402
+from kerasprune.testing import copy_model, max_output_difference, random_input  # noqa: E402
 
 TOL = 1e-4
 

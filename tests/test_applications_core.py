@@ -2,11 +2,11 @@
 
 import keras
 import pytest
-from conftest import assert_removal_equals_masking
-from test_core import random_selection
 
 import kerasprune as kp
+from conftest import assert_removal_equals_masking
 from kerasprune.testing import randomize_batchnorm, randomize_weights
+from test_core import random_selection
 
 BUILDERS = {
     "VGG16": lambda: keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10),

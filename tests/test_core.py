@@ -3,11 +3,11 @@
 import keras
 import numpy as np
 import pytest
-from conftest import assert_removal_equals_masking
-from models import ALL, residual, squeeze_excite
 
 import kerasprune as kp
+from conftest import assert_removal_equals_masking
 from kerasprune.testing import copy_model, max_output_difference, random_input
+from models import ALL, residual, squeeze_excite
 
 
 def random_selection(graph, fraction=0.35, seed=0, exact_only=True):

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 from keras import layers as L
-from models import finish, residual
 
 import kerasprune as kp
+from models import finish, residual
 
 
 @pytest.fixture(scope="module")

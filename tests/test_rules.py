@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 from keras import layers as L
-from models import concat_depthwise, conv_bn_chain, finish, residual
 
 import kerasprune as kp
+from models import concat_depthwise, conv_bn_chain, finish, residual
 
 
 def w(model, name):

@@ -6,10 +6,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from models import residual, squeeze_excite
 
 import kerasprune as kp
 from kerasprune.testing import copy_model, predict, random_input
+from models import residual, squeeze_excite
 
 
 @pytest.mark.backend

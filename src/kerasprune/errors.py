@@ -23,6 +23,10 @@ class ModelLoadError(PruningError):
     """A model file could not be read as a Keras model."""
 
 
+class ModelSaveError(PruningError):
+    """A model or report could not be written where asked (exists, is the input, bad name)."""
+
+
 def describe(layer) -> str:
     """`'name' (ClassName)` for messages."""
     return f"'{getattr(layer, 'name', layer)}' ({type(layer).__name__})"

@@ -10,8 +10,9 @@ classes of unified atoms, numbered in the order of the group's first producer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import keras
 import numpy as np

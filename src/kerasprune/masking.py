@@ -12,7 +12,7 @@ what the physically pruned model computes (for exact groups).
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

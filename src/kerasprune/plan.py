@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

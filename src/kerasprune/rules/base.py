@@ -14,8 +14,9 @@ every position whose atom is in its class, everywhere in the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class Rule:
     #: channels at every call; the analysis unifies their inputs when True.
     couples_calls: bool = True
 
-    def analyze(self, view: NodeView, g: "Builder") -> list[Chan]:  # pragma: no cover
+    def analyze(self, view: NodeView, g: Builder) -> list[Chan]:  # pragma: no cover
         raise NotImplementedError
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:

@@ -8,7 +8,7 @@ other channels are removed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from keras import layers

@@ -6,7 +6,7 @@ A rule registered for `keras.layers.Conv2D` also serves a user's subclass of
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kerasprune.rules.base import Rule
 
