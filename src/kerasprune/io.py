@@ -1,0 +1,271 @@
+"""Reading and writing model files safely.
+
+`load_model` turns every way a model file can be unusable into a one-line
+`ModelLoadError` that says what is wrong and what to do about it. `save_model`
+writes `.keras` files atomically (a temporary file in the target directory,
+then `os.replace`), never over an existing file unless asked, and never over
+the file the model came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from kerasprune.errors import ModelLoadError, ModelSaveError
+
+log = logging.getLogger(__name__)
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+_UNSAFE_HINT = (
+    "pass `--unsafe` (CLI) or `safe_mode=False` (Python) to load it anyway - only for files you "
+    "trust: deserializing Python code runs it, so a malicious file could execute arbitrary code"
+)
+
+
+def _one_line(text: Any, limit: int = 240) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _walk_configs(obj: Any) -> Iterator[dict]:
+    if isinstance(obj, dict):
+        if "class_name" in obj:
+            yield obj
+        for v in obj.values():
+            yield from _walk_configs(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_configs(v)
+
+
+def _unknown_classes(path: Path, custom_objects: Mapping | None) -> list[str]:
+    """Names of non-Keras classes in a `.keras` file's config that are not registered."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+    except Exception:  # unreadable config: the caller reports the original error
+        return []
+    unknown = []
+    custom = dict(custom_objects or {})
+    for cfg in _walk_configs(config):
+        module = cfg.get("module") or ""
+        if module.startswith("keras") or cfg.get("class_name") == "__keras_tensor__":
+            continue
+        name = cfg.get("registered_name") or cfg.get("class_name")
+        if not isinstance(name, str) or name in custom or cfg.get("class_name") in custom:
+            continue
+        if keras.saving.get_registered_object(name) is None and name not in unknown:
+            unknown.append(name)
+    return unknown
+
+
+def _classify(path: Path, error: BaseException, custom_objects: Mapping | None) -> str:
+    """A one-line explanation of why Keras could not load `path`."""
+    text = str(error)
+    if "safe_mode" in text or "arbitrary code" in text:
+        return f"{path} contains a Lambda layer (or other Python code) that safe mode refuses to load; {_UNSAFE_HINT}"
+    unknown = _unknown_classes(path, custom_objects) if path.suffix == ".keras" else []
+    if not unknown and "Unknown layer" in text:
+        unknown = [text.split("Unknown layer:", 1)[1].split(".", 1)[0].strip(" '\"")]
+    if unknown:
+        return (
+            f"{path} uses custom objects that are not registered: {', '.join(unknown)}; import the module "
+            "that defines them (decorated with `@keras.saving.register_keras_serializable`) or pass "
+            "`custom_objects=`"
+        )
+    if "No model config" in text:
+        return f"{path} holds only weights, not a model (no model config found); save the whole model with `model.save(...)`"
+    if "truncated" in text or "signature" in text:
+        return f"{path} is truncated or corrupted: {_one_line(text, 160)}"
+    return f"Could not load {path}: {type(error).__name__}: {_one_line(text, 200)}"
+
+
+def _check_file(path: Path) -> None:
+    """Raise `ModelLoadError` unless `path` looks like a `.keras` or HDF5 model file."""
+    if not path.exists():
+        raise ModelLoadError(f"Model file not found: {path}")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            raise ModelLoadError(
+                f"{path} is a TensorFlow SavedModel; Keras 3 can only reload it as an inference-only "
+                "`keras.layers.TFSMLayer`, whose weights are opaque to kerasprune and cannot be pruned. "
+                "Re-save the model as `.keras` with `model.save('model.keras')` from the code that built it"
+            )
+        raise ModelLoadError(f"{path} is a directory, not a model file (expected a .keras or .h5 file)")
+    head = _head(path)
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        if not head.startswith(_ZIP_MAGIC):
+            raise ModelLoadError(f"{path} is not a Keras model file: a .keras file is a zip archive, this one is not")
+        if not zipfile.is_zipfile(path):
+            raise ModelLoadError(f"{path} is truncated or corrupted: its zip archive is incomplete")
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = set(zf.namelist())
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise ModelLoadError(f"{path} is truncated or corrupted: {_one_line(e, 160)}") from None
+        if bad is not None:
+            raise ModelLoadError(f"{path} is corrupted: member '{bad}' fails its checksum")
+        if "config.json" not in names:
+            raise ModelLoadError(f"{path} is a zip archive but not a Keras model (no config.json inside)")
+    elif suffix in _H5_SUFFIXES:
+        if not head.startswith(_HDF5_MAGIC):
+            raise ModelLoadError(f"{path} is not an HDF5 model file (no HDF5 signature)")
+    else:
+        kind = "a zip archive" if head.startswith(_ZIP_MAGIC) else "an HDF5 file" if head.startswith(_HDF5_MAGIC) else None
+        hint = f" (it looks like {kind}: rename it accordingly)" if kind else ""
+        raise ModelLoadError(f"{path}: unsupported model file type '{suffix}'; expected .keras, .h5 or .hdf5{hint}")
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    safe_mode: bool = True,
+    custom_objects: Mapping[str, Any] | None = None,
+    compile: bool = False,
+) -> keras.Model:
+    """Load a Keras model from a `.keras` or `.h5` file, with clear errors.
+
+    Args:
+        path: The model file.
+        safe_mode: Refuse to deserialize Python code (`Lambda` layers). Only
+            lower it (`False`) for files you trust: loading such a file runs
+            the code inside it.
+        custom_objects: Classes or functions the file refers to by name.
+        compile: Restore the training configuration too (off by default:
+            pruning changes weight shapes, so optimizer state does not carry
+            over).
+
+    Returns:
+        The loaded `keras.Model`.
+
+    Raises:
+        ModelLoadError: a one-line message for a missing file, a file that is
+            not a model (text, weights only, a SavedModel directory), a
+            truncated or corrupted file, unregistered custom objects, or a
+            `Lambda` layer refused by safe mode.
+
+    Example:
+        >>> model = kerasprune.io.load_model("model.keras")
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        model = keras.saving.load_model(
+            path, custom_objects=dict(custom_objects or {}), compile=compile, safe_mode=safe_mode
+        )
+    except Exception as e:
+        raise ModelLoadError(_classify(path, e, custom_objects)) from e
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a keras.Model")
+    log.info("loaded %s (%s, %d params)", path, model.name, model.count_params())
+    return model
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (symlinks and hard links resolved)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        with contextlib.suppress(OSError):
+            return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; move it onto `path` when the block succeeds.
+
+    On any exception (including `KeyboardInterrupt`) the temporary file is
+    removed and `path` is left as it was.
+
+    Raises:
+        ModelSaveError: `path` exists and `overwrite` is False, or it is a directory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ModelSaveError(f"Output path {path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise ModelSaveError(f"Output file {path} already exists; pass --force (overwrite=True) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def save_model(
+    model: keras.Model,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Save `model` as a `.keras` file, atomically.
+
+    The model is written to a temporary file in the target directory and moved
+    into place with `os.replace`, so `path` never holds a partial file; on
+    failure or interruption the temporary file is removed.
+
+    Args:
+        model: The model to save.
+        path: Destination; must end in `.keras`.
+        overwrite: Replace an existing file at `path`.
+        source: The file the model was loaded from. Writing onto it is always
+            refused, even with `overwrite=True`.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ModelSaveError: wrong extension, `path` is `source`, or `path` exists
+            and `overwrite` is False.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelSaveError(f"Output file {path} must end in .keras (kerasprune writes the native Keras format)")
+    if source is not None and same_file(path, source):
+        raise ModelSaveError(f"Refusing to write onto the input file {source}; choose another output path")
+    with atomic_path(path, overwrite=overwrite, suffix=".keras") as tmp:
+        keras.saving.save_model(model, tmp)
+    log.info("saved %s", path)
+    return path
+
+
+def write_text(text: str, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write a text file (plans, JSON reports) atomically."""
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
