@@ -82,6 +82,7 @@ class Builder:
         self._space_owner: list[str | None] = []
         self._blocks: list[tuple[np.ndarray, str]] = []
         self._inexact: list[tuple[np.ndarray, str]] = []
+        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
         self.records: dict[str, LayerRecord] = {}
         self._by_id: dict[int, str] = {}
         self._channelwise = set(channelwise)
@@ -114,14 +115,20 @@ class Builder:
         """Declare channel `a[i]` and `b[i]` to be the same channel, for every i."""
         if len(a) != len(b):  # pragma: no cover - rules check shapes first
             raise Barrier(f"cannot couple {len(a)} channels with {len(b)}")
-        ap, sp, asp = self._atom_parent, self._space_parent, self._atom_space
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self._find(ap, x), self._find(ap, y)
-            if rx != ry:
-                ap[max(rx, ry)] = min(rx, ry)
-            sx, sy = self._find(sp, asp[x]), self._find(sp, asp[y])
-            if sx != sy:
-                sp[max(sx, sy)] = min(sx, sy)
+        # Recorded now, resolved at once (vectorized) by `roots()`: nothing asks
+        # for a root during the walk.
+        self._pairs.append((np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)))
+
+    def roots(self) -> tuple[np.ndarray, np.ndarray]:
+        """Root (smallest member) of every atom's class and of every space's class."""
+        n = len(self._atom_parent)
+        if self._pairs:
+            a = np.concatenate([p[0] for p in self._pairs])
+            b = np.concatenate([p[1] for p in self._pairs])
+        else:
+            a = b = np.zeros(0, dtype=np.int64)
+        space = np.asarray(self._atom_space, dtype=np.int64)
+        return _components(n, a, b), _components(len(self._space_parent), space[a], space[b])
 
     # -- rule-facing API -------------------------------------------------------------
     def produce(self, view: NodeView, n: int) -> np.ndarray:
@@ -142,7 +149,8 @@ class Builder:
             if n is None:
                 raise Barrier(f"channel dimension of input {i} is not static")
             atoms = self.new_atoms(int(n), blocked=c.frozen)
-        elif c.axis != axis:
+        elif c.axis != axis and not (c.size == 1 and shape[axis] == 1 and shape[c.axis] == 1):
+            # (a single channel on a size-1 axis sits on every size-1 axis, e.g. `(N, 1, 1)`)
             raise Barrier(f"expects channels on axis {axis}, but they are on axis {c.axis}")
         else:
             atoms = c.atoms
@@ -212,7 +220,10 @@ class Builder:
         )
         try:
             if rec.rule is None:
-                raise Barrier("no pruning rule is registered for this layer type")
+                raise Barrier(
+                    "no pruning rule is registered for this layer type "
+                    "(register one with kerasprune.register_rule)"
+                )
             outs = rec.rule.analyze(view, self)
             if len(outs) != len(node.outputs):
                 raise Barrier(f"rule returned {len(outs)} outputs for {len(node.outputs)} tensors")
@@ -243,6 +254,31 @@ class Builder:
         return [Chan(None, None, frozen=reason) for _ in view.out_shapes]
 
 
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of `n` nodes joined by edges `a[i] - b[i]`.
+
+    Returns each node's root: the smallest node of its component (what a
+    union-find that always links the larger root under the smaller gives).
+    Vectorized hook-and-jump: roots of every edge's ends are hooked under the
+    smaller one, then pointers are jumped until every node points at a root.
+    """
+    parent = np.arange(n, dtype=np.int64)
+    if not len(a):
+        return parent
+    while True:
+        pa, pb = parent[a], parent[b]
+        lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
+        differ = lo != hi
+        if not differ.any():
+            return parent
+        np.minimum.at(parent, hi[differ], lo[differ])
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+
+
 def _functional_of(op):
     """The Functional graph behind a nested model, or None for a plain layer."""
     if isinstance(op, keras.Sequential):
@@ -269,11 +305,8 @@ class ChannelGraph:
         self.nested = builder.nested
         self.order = tuple(builder.order)
         self._by_id = builder._by_id
-        ap, sp = builder._atom_parent, builder._space_parent
-        find = Builder._find
-        n = len(ap)
-        self.atom_root = np.fromiter((find(ap, i) for i in range(n)), dtype=np.int64, count=n)
-        space_root = np.fromiter((find(sp, s) for s in range(len(sp))), dtype=np.int64, count=len(sp))
+        n = len(builder._atom_parent)
+        self.atom_root, space_root = builder.roots()
         atom_space_root = space_root[np.asarray(builder._atom_space, dtype=np.int64)] if n else space_root[:0]
         # Public groups: space roots owning at least one producer, in creation order.
         owners: dict[int, list[str]] = {}
@@ -285,7 +318,9 @@ class ChannelGraph:
         hidden = [r for r in roots if r not in owners]
         gid_of_root = {r: i for i, r in enumerate(public + hidden)}
         self.n_public = len(public)
-        self.atom_group = np.fromiter((gid_of_root[r] for r in atom_space_root.tolist()), np.int64, n)
+        gid_by_root = np.full(len(space_root), -1, dtype=np.int64)
+        gid_by_root[np.fromiter(gid_of_root, np.int64, len(gid_of_root))] = np.arange(len(gid_of_root))
+        self.atom_group = gid_by_root[atom_space_root]
         # Channel index: rank of the atom's root among its group's roots.
         uroots = np.unique(self.atom_root)
         ugroup = self.atom_group[uroots]

@@ -12,7 +12,7 @@ what the physically pruned model computes (for exact groups).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -48,7 +48,9 @@ def apply_mask(plan: Plan) -> list[str]:
     return changed
 
 
-def mask_filters(model, selection: Mapping, *, graph: ChannelGraph | None = None) -> None:
+def mask_filters(
+    model, selection: Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
+) -> None:
     """Neutralize the selected filters **in place**; the architecture is unchanged.
 
     After this call the selected channels have no influence on the model's
@@ -59,11 +61,13 @@ def mask_filters(model, selection: Mapping, *, graph: ChannelGraph | None = None
         model: The model to modify in place.
         selection: `{layer or name: indices or boolean mask}`; see `remove_filters`.
         graph: A `ChannelGraph` of `model` to reuse (from `analyze`).
+        channelwise: Names of layers (e.g. `Lambda`s) to treat as element-wise,
+            as in `analyze`; used when `graph` is not given.
 
     Raises:
         SelectionError, PruningError: as `remove_filters`.
     """
-    graph = graph if graph is not None else analyze(model)
+    graph = graph if graph is not None else analyze(model, channelwise=channelwise)
     if graph.model is not model:
         from kerasprune.errors import PruningError
 

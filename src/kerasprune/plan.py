@@ -91,6 +91,11 @@ def _indices(key: str, value: Any, n: int) -> np.ndarray:
         arr = np.asarray(value)
     except Exception as e:  # ragged, exotic objects
         raise SelectionError(f"Filters for layer '{key}' could not be read as indices: {e}") from None
+    if arr.dtype != bool and isinstance(value, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in value):
+        raise SelectionError(
+            f"Filters for layer '{key}' mix booleans and integers; give integer indices or a full boolean "
+            f"mask of {n} entries. Received: {value!r}"[:300]
+        )
     if arr.dtype == bool:
         if arr.shape != (n,):
             raise SelectionError(
@@ -106,6 +111,12 @@ def _indices(key: str, value: Any, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
         if arr.dtype == object and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in arr):
+            big = [int(v) for v in arr if not -(2**62) < int(v) < 2**62]
+            if big:  # beyond int64: report it as out of range instead of overflowing
+                raise SelectionError(
+                    f"Filter index {big[0]} is out of range for layer '{key}' with {n} filters "
+                    f"(valid: {-n} .. {n - 1})"
+                )
             arr = arr.astype(np.int64)
         else:
             raise SelectionError(
@@ -172,6 +183,15 @@ def make_plan(graph: ChannelGraph, selection: Mapping) -> Plan:
             )
         removed[gid] = chans
     atom_removed = removed_flat[graph.group_offsets[graph.atom_group] + graph.atom_channel]
+    for gid in removed:  # a producer owning only part of a group (Concatenate) must keep a filter
+        for key in graph._all_groups[gid].layers:
+            own = graph.records[key].produces
+            if own is not None and len(own) and atom_removed[own].all():
+                raise PruningError(
+                    f"Selection removes all {len(own)} filters of layer '{key}' "
+                    f"({type(graph.records[key].layer).__name__}) through group {gid} "
+                    f"(selected through {sorted(touched[gid])}); at least one must remain"
+                )
     plan = Plan(graph, removed, atom_removed)
     if plan.is_empty:
         log.info("kerasprune: empty selection, nothing to remove")

@@ -10,11 +10,12 @@ layer is rebuilt once, however many groups touch it.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Iterable, Mapping
 
 import keras
-from keras import tree
 import numpy as np
+from keras import tree
+from keras.src.saving.serialization_lib import SafeModeScope
 
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, LayerRecord, _functional_of, analyze
@@ -50,15 +51,48 @@ def _new_config(plan: Plan, rec: LayerRecord, layer) -> dict:
     return rec.rule.rebuild_config(layer, config, ios[0])
 
 
-def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list[np.ndarray]:
-    weights = [v.numpy() for v in layer.weights]
+def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list:
+    """The layer's weights with removed positions deleted.
+
+    Untouched variables are passed on as backend tensors (`variable.value`): no
+    host copy; only the sliced ones go through NumPy, one variable at a time.
+    """
+    variables = layer.weights
+    # A copy: on JAX, `assign` keeps the very array it is given, and `predict_on_batch` donates
+    # (deletes) its model's arrays, so a shared array would break the other model.
+    weights: list = [keras.ops.copy(v.value) for v in variables]
     if rec is None:
         return weights
     for s in rec.slices:
         keep = plan.keep(s.atoms)
         if not keep.all():
-            weights[s.index] = np.compress(keep, weights[s.index], axis=s.axis)
+            arr = weights[s.index]
+            if not isinstance(arr, np.ndarray):
+                arr = keras.ops.convert_to_numpy(arr)
+            weights[s.index] = np.compress(keep, arr, axis=s.axis)
     return weights
+
+
+_CHEAP_INIT = keras.initializers.Zeros()
+
+
+def _defer_initializers(layer, swapped: list) -> None:
+    """Let `layer` create its variables filled with zeros instead of random values.
+
+    Every variable of a rebuilt layer is overwritten right after cloning, and the
+    random initializers cost more than the rest of the clone. The original
+    initializer objects are put back by `_restore_initializers`, so the new
+    layer's `get_config()` is unchanged.
+    """
+    for name, value in list(vars(layer).items()):
+        if isinstance(value, keras.initializers.Initializer) and not isinstance(value, keras.initializers.Zeros):
+            swapped.append((layer, name, value))
+            object.__setattr__(layer, name, _CHEAP_INIT)
+
+
+def _restore_initializers(swapped: list) -> None:
+    for layer, name, value in swapped:
+        object.__setattr__(layer, name, value)
 
 
 def _nested_inputs(plan: Plan, key: str | None, model) -> list | None:
@@ -80,6 +114,7 @@ def rebuild(plan: Plan) -> keras.Model:
     """Build the smaller model that `plan` describes (the original is untouched)."""
     graph = plan.graph
     pairs = []
+    swapped: list = []
     cache: dict[int, object] = {}
 
     def clone_function(layer):
@@ -94,7 +129,12 @@ def rebuild(plan: Plan) -> keras.Model:
             new = keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone_function)
         else:
             rec = graph.records.get(key) if key else None
-            new = layer.__class__.from_config(_new_config(plan, rec, layer))
+            # The config comes from the caller's live model, not from a file: a `Lambda`'s
+            # Python function may be rebuilt (Keras refuses it in its default safe mode).
+            with SafeModeScope(False):
+                new = layer.__class__.from_config(_new_config(plan, rec, layer))
+            if getattr(layer, "weights", None):
+                _defer_initializers(new, swapped)
             pairs.append((layer, new, rec))
         cache[id(layer)] = new
         return new
@@ -105,6 +145,8 @@ def rebuild(plan: Plan) -> keras.Model:
         raise
     except Exception as e:  # a layer refused its new config or input shape
         raise PruningError(f"Rebuilding the pruned model failed: {type(e).__name__}: {e}") from e
+    finally:
+        _restore_initializers(swapped)
     for layer, new, rec in pairs:
         if not getattr(layer, "weights", None):
             continue
@@ -119,7 +161,9 @@ def rebuild(plan: Plan) -> keras.Model:
     return new_model
 
 
-def remove_filters(model, selection: Mapping, *, graph: ChannelGraph | None = None) -> keras.Model:
+def remove_filters(
+    model, selection: Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
+) -> keras.Model:
     """Return a new, smaller model without the selected filters.
 
     Every layer coupled to the selected channels is updated: the producers'
@@ -133,6 +177,8 @@ def remove_filters(model, selection: Mapping, *, graph: ChannelGraph | None = No
             of ints (negatives allowed) or a boolean mask of the layer's width
             (True = remove). A `kerasprune.Selection` works as is.
         graph: A `ChannelGraph` of `model` to reuse (from `analyze`).
+        channelwise: Names of layers (e.g. `Lambda`s) to treat as element-wise,
+            as in `analyze`; used when `graph` is not given.
 
     Returns:
         A new `keras.Model` whose outputs equal those of
@@ -146,7 +192,7 @@ def remove_filters(model, selection: Mapping, *, graph: ChannelGraph | None = No
     Example:
         >>> smaller = kerasprune.remove_filters(model, {"conv2d_1": [4, 7]})
     """
-    graph = graph if graph is not None else analyze(model)
+    graph = graph if graph is not None else analyze(model, channelwise=channelwise)
     if graph.model is not model:
         raise PruningError("graph was built for a different model")
     plan = make_plan(graph, selection)
