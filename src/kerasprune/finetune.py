@@ -1,0 +1,265 @@
+"""Iterative pruning with fine-tuning: prune a little, train a little, repeat.
+
+`prune_and_finetune` removes filters in `steps` equal steps towards a target
+(a fraction of each group, or a fraction of the original FLOPs), and after each
+removal fine-tunes the smaller model with the user's own compiled loss,
+optimizer and metrics (`model.get_compile_config()`) through `model.fit`.
+Within each step the weights of the best epoch by the monitored validation
+metric are restored (the freshly pruned weights count as epoch 0), so a step
+never ends worse than its own best checkpoint.
+
+On TensorFlow the pruned models are built under the strategy the input model was
+created in (`tf.distribute.MirroredStrategy` etc.); on JAX the global
+`keras.distribution` applies to them as to any new model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerasprune.errors import PruningError
+from kerasprune.flops import count_flops, count_params
+from kerasprune.graph import analyze
+from kerasprune.selection import select
+from kerasprune.surgery import remove_filters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneStep:
+    """One row of the history: the model after step `step` (0 = the original).
+
+    `val_metric` is the monitored value of the model kept at this step; `epochs`
+    holds the monitored value after pruning (first entry) and after each epoch.
+    """
+
+    step: int
+    flops: int
+    params: int
+    val_metric: float
+    best_epoch: int
+    epochs: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "flops": self.flops,
+            "params": self.params,
+            "val_metric": self.val_metric,
+            "best_epoch": self.best_epoch,
+            "epochs": list(self.epochs),
+        }
+
+
+@dataclass(frozen=True)
+class FinetuneHistory:
+    """The history table returned by `prune_and_finetune`."""
+
+    monitor: str
+    mode: str
+    rows: tuple[FinetuneStep, ...]
+
+    def to_dict(self) -> dict:
+        return {"monitor": self.monitor, "mode": self.mode, "rows": [r.to_dict() for r in self.rows]}
+
+    def table(self) -> str:
+        base = self.rows[0]
+        lines = [f"{'step':>4} {'FLOPs':>12} {'%':>6} {'params':>10} {self.monitor:>14} {'best epoch':>10}"]
+        for r in self.rows:
+            lines.append(
+                f"{r.step:>4} {r.flops:>12,} {100 * r.flops / max(base.flops, 1):>5.1f}% {r.params:>10,} "
+                f"{r.val_metric:>14.5g} {r.best_epoch:>10}"
+            )
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def prune_and_finetune(
+    model: keras.Model,
+    *,
+    criterion: str | Callable = "l1",
+    target_ratio: float | None = None,
+    target_flops: float | None = None,
+    steps: int = 3,
+    train_data: Any,
+    val_data: Any,
+    epochs_per_step: int = 1,
+    monitor: str = "val_accuracy",
+    mode: str = "max",
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    scope: str | None = None,
+    data: Any = None,
+    loss: Any = None,
+    seed: int = 0,
+    select_options: dict | None = None,
+    fit_options: dict | None = None,
+) -> tuple[keras.Model, FinetuneHistory]:
+    """Remove filters in `steps` steps towards a target, fine-tuning after each.
+
+    Args:
+        model: A compiled, built Functional or Sequential model (not modified).
+        criterion: Criterion for `kerasprune.select` at every step.
+        target_ratio: Fraction of every group's channels to remove in the end.
+        target_flops: Fraction of the original FLOPs to keep in the end (global
+            ranking). Exactly one of `target_ratio` / `target_flops` is required.
+        steps: Number of prune/fine-tune rounds; step `k` reaches `k / steps` of
+            the way to the target.
+        train_data: `(x, y)` / `(x, y, sample_weight)` or a dataset for `model.fit`.
+        val_data: Validation data, `(x, y)` or a dataset.
+        epochs_per_step: Fine-tuning epochs after each removal (0: prune only).
+        monitor: Validation metric that picks the best checkpoint of each step
+            (a key of the `model.evaluate` logs prefixed with `val_`, e.g.
+            `"val_accuracy"`, `"val_loss"`).
+        mode: `"max"` if higher `monitor` is better, `"min"` otherwise.
+        callbacks: Extra Keras callbacks passed to every `model.fit`.
+        scope: `"local"` or `"global"` for `select` (default: local for a ratio
+            target, global for a FLOPs target).
+        data, loss, seed: Passed to `select` for data-driven criteria.
+        select_options: Further `select` keywords (`round_to`, `min_keep`, `exclude`...).
+        fit_options: Further `model.fit` keywords (`batch_size`, `verbose`...).
+
+    Returns:
+        `(pruned_model, history)`: the model of the last step, restored to its best
+        checkpoint, compiled like `model`; and a `FinetuneHistory` with one row per
+        step (step 0 = the original model).
+
+    Raises:
+        PruningError: no or two targets, target out of range, model not compiled,
+            `monitor` missing from the validation logs.
+
+    Example:
+        >>> small, history = kerasprune.prune_and_finetune(
+        ...     model, criterion="l1", target_flops=0.5, steps=2,
+        ...     train_data=(x, y), val_data=(xv, yv), epochs_per_step=2)
+        >>> print(history.table())
+    """
+    _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode)
+    compile_config = model.get_compile_config()
+    scope = scope or ("global" if target_flops is not None else "local")
+    select_options = dict(select_options or {})
+    fit_options = {"verbose": 0, **(fit_options or {})}
+    sign = 1.0 if mode == "max" else -1.0
+    flops0, params0 = count_flops(model), count_params(model)
+
+    current = model
+    rows = [FinetuneStep(0, flops0, params0, _evaluate(model, val_data, monitor), 0, ())]
+    log.info("prune_and_finetune: start %s=%.5g, %d FLOPs", monitor, rows[0].val_metric, flops0)
+    for k in range(1, steps + 1):
+        options = dict(select_options, scope=scope, data=data, loss=loss, seed=seed)
+        if target_flops is not None:
+            goal = 1.0 - k / steps * (1.0 - target_flops)
+            options["target_flops"] = min(1.0, goal * flops0 / max(count_flops(current), 1))
+        else:
+            before = 1.0 - (k - 1) / steps * target_ratio
+            after = 1.0 - k / steps * target_ratio
+            options["ratio"] = 1.0 - after / before
+        graph = analyze(current)
+        selection = select(current, criterion, graph=graph, **options)
+        with _strategy_scope(model):
+            pruned = remove_filters(current, selection, graph=graph)
+            pruned.compile_from_config(compile_config)
+        best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights())
+        if epochs_per_step:
+            _fit(pruned, train_data, val_data, epochs_per_step, [*(callbacks or []), best], fit_options)
+        values, best_epoch, best_weights = tuple(best.values), best.best_epoch, best.best_weights
+        pruned.set_weights(best_weights)
+        current = pruned
+        row = FinetuneStep(
+            k, count_flops(current), count_params(current), values[best_epoch], best_epoch, tuple(values)
+        )
+        rows.append(row)
+        log.info(
+            "prune_and_finetune: step %d/%d, FLOPs %.1f%%, %s=%.5g (epoch %d)",
+            k, steps, 100 * row.flops / max(flops0, 1), monitor, row.val_metric, best_epoch,
+        )
+    return current, FinetuneHistory(monitor, mode, tuple(rows))
+
+
+def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode) -> None:
+    if (target_ratio is None) == (target_flops is None):
+        raise PruningError(
+            "Give exactly one of target_ratio or target_flops. "
+            f"Received: target_ratio={target_ratio}, target_flops={target_flops}"
+        )
+    if target_ratio is not None and not 0.0 < target_ratio < 1.0:
+        raise PruningError(f"target_ratio must be in (0, 1). Received: target_ratio={target_ratio}")
+    if target_flops is not None and not 0.0 < target_flops < 1.0:
+        raise PruningError(f"target_flops must be in (0, 1). Received: target_flops={target_flops}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise PruningError(f"steps must be a positive integer. Received: steps={steps!r}")
+    if not isinstance(epochs_per_step, int) or epochs_per_step < 0:
+        raise PruningError(f"epochs_per_step must be a non-negative integer. Received: {epochs_per_step!r}")
+    if mode not in ("max", "min"):
+        raise PruningError(f"mode must be 'max' or 'min'. Received: mode={mode!r}")
+    if not getattr(model, "compiled", False) or not model.get_compile_config():
+        raise PruningError(
+            f"Model '{model.name}' is not compiled; prune_and_finetune fine-tunes with the model's own "
+            "loss, optimizer and metrics, so compile it first"
+        )
+
+
+def _split(data):
+    if isinstance(data, tuple):
+        return data
+    if isinstance(data, list) and len(data) in (2, 3) and all(isinstance(d, np.ndarray) for d in data):
+        return tuple(data)
+    return (data,)
+
+
+def _fit(model, train_data, val_data, epochs, callbacks, fit_options) -> None:
+    args = _split(train_data)
+    kwargs = dict(fit_options, epochs=epochs, callbacks=callbacks, validation_data=val_data)
+    kwargs.setdefault("x", args[0])
+    if len(args) > 1:
+        kwargs.setdefault("y", args[1])
+    if len(args) > 2:
+        kwargs.setdefault("sample_weight", args[2])
+    model.fit(**kwargs)
+
+
+class _BestCheckpoint(keras.callbacks.Callback):
+    """Records `monitor` after every epoch and keeps the best weights (in memory)."""
+
+    def __init__(self, monitor: str, sign: float, initial: float, weights: list):
+        super().__init__()
+        self.monitor, self.sign = monitor, sign
+        self.values = [initial]
+        self.best_epoch, self.best_weights = 0, weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise PruningError(f"monitor '{self.monitor}' is not in the fit logs. Available: {sorted(logs)}")
+        value = float(logs[self.monitor])
+        self.values.append(value)
+        best = self.values[self.best_epoch]
+        if self.sign * value > self.sign * best or (math.isnan(best) and not math.isnan(value)):
+            self.best_epoch, self.best_weights = len(self.values) - 1, self.model.get_weights()
+
+
+def _evaluate(model, val_data, monitor: str) -> float:
+    args = _split(val_data)
+    logs = model.evaluate(*args, verbose=0, return_dict=True)
+    logs = {f"val_{k}": v for k, v in logs.items()}
+    if monitor not in logs:
+        raise PruningError(f"monitor '{monitor}' is not in the validation logs. Available: {sorted(logs)}")
+    value = float(logs[monitor])
+    if math.isnan(value):
+        log.warning("prune_and_finetune: %s is NaN", monitor)
+    return value
+
+
+def _strategy_scope(model):
+    """The `tf.distribute` strategy scope `model` was built in (TensorFlow), else a no-op."""
+    strategy = getattr(model, "distribute_strategy", None) if keras.backend.backend() == "tensorflow" else None
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()

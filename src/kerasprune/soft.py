@@ -1,0 +1,223 @@
+"""Soft pruning during training: a Keras callback that keeps filters masked.
+
+`SoftPruning` picks, in every prunable group, the lowest-scoring fraction of
+channels (by a criterion, with a sparsity schedule over epochs) and keeps them
+exactly zero while `model.fit` trains: the mask is re-applied after every
+epoch, or after every batch. With `reselect=True` the choice is re-made at the
+start of each epoch from the current weights, as in soft filter pruning (He et
+al. 2018); with `reselect=False` the ranking of the first epoch is kept and the
+masked set only grows. `finalize()` then removes the masked filters physically.
+
+The mask zeroes everything `mask_filters` zeroes (producer filters, following
+BatchNorm gamma/beta, consumers' input weights), so the masked model computes
+exactly what the finalized, smaller model computes.
+
+Backends: on JAX, `model.fit` keeps the variables' values in its own state
+during an epoch; the callback calls `model.jax_state_sync()` before masking, and
+since that marks the state as synced, the next step reads the masked values back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerasprune.criteria import score as _score
+from kerasprune.errors import PruningError
+from kerasprune.graph import ChannelGraph, analyze
+from kerasprune.groupwise import choose_groups, group_selection, lowest, producers, scored
+from kerasprune.plan import make_plan
+from kerasprune.selection import Selection
+from kerasprune.surgery import remove_filters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PolynomialSchedule:
+    """Sparsity ratio ramping from `initial` to `final` between two epochs.
+
+    `ratio(epoch) = final + (initial - final) * (1 - t) ** power` with
+    `t = clip((epoch - begin) / (end - begin), 0, 1)`; `power=1` is linear,
+    `power=3` the gradual schedule of Zhu & Gupta (2017).
+    """
+
+    initial: float = 0.0
+    final: float = 0.5
+    begin: int = 0
+    end: int = 10
+    power: float = 1.0
+
+    def __post_init__(self):
+        for name in ("initial", "final"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise PruningError(f"PolynomialSchedule.{name} must be in [0, 1). Received: {v}")
+        if self.end <= self.begin:
+            raise PruningError(f"PolynomialSchedule needs end > begin. Received: begin={self.begin}, end={self.end}")
+        if self.power <= 0:
+            raise PruningError(f"PolynomialSchedule.power must be positive. Received: {self.power}")
+
+    def __call__(self, epoch: int) -> float:
+        t = min(max((epoch - self.begin) / (self.end - self.begin), 0.0), 1.0)
+        return float(self.final + (self.initial - self.final) * (1.0 - t) ** self.power)
+
+
+class SoftPruning(keras.callbacks.Callback):
+    """Keep the least important filters of every group masked while training.
+
+    Args:
+        criterion: Criterion name or callable, as for `kerasprune.score`.
+        ratio: Constant fraction of each group's channels to mask.
+        schedule: Instead of `ratio`, a callable `epoch -> ratio`, e.g.
+            `PolynomialSchedule(0.0, 0.5, begin=0, end=10)`.
+        frequency: `"epoch"` re-applies the mask after each epoch; `"batch"` after
+            every training batch (masked weights then stay exactly zero throughout).
+        reselect: Re-choose the masked channels by the criterion at the start of
+            every epoch (soft filter pruning). If False, the first ranking is kept
+            and the masked set only grows with the schedule.
+        groups: Group ids or layer names to prune (default: every prunable group).
+        data, loss, seed: Passed to `kerasprune.score` (data-driven criteria).
+
+    Channels released by a re-selection restart from zero weights; as the mask also
+    zeroed their BatchNorm parameters and their consumers' inputs, they may stay
+    inactive (exact masking equals removal; it does not let filters regrow).
+
+    Attributes:
+        selection: The current `kerasprune.Selection` (None before training).
+        ratio_now: The ratio currently applied.
+
+    Example:
+        >>> pruning = kerasprune.SoftPruning(criterion="l1", schedule=PolynomialSchedule(0, 0.5, end=5))
+        >>> model.fit(x, y, epochs=6, callbacks=[pruning])
+        >>> small = pruning.finalize()
+    """
+
+    def __init__(
+        self,
+        criterion: str | Callable = "l1",
+        *,
+        ratio: float | None = None,
+        schedule: Callable[[int], float] | None = None,
+        frequency: str = "epoch",
+        reselect: bool = True,
+        groups: Iterable[int | str] | None = None,
+        data: Any = None,
+        loss: Any = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if (ratio is None) == (schedule is None):
+            raise PruningError(f"Give exactly one of ratio or schedule. Received: ratio={ratio}, schedule={schedule}")
+        if ratio is not None and not 0.0 <= ratio < 1.0:
+            raise PruningError(f"ratio must be in [0, 1). Received: ratio={ratio}")
+        if frequency not in ("epoch", "batch"):
+            raise PruningError(f"frequency must be 'epoch' or 'batch'. Received: frequency={frequency!r}")
+        self.criterion = criterion
+        self.schedule = schedule if schedule is not None else (lambda epoch, r=float(ratio): r)
+        self.frequency = frequency
+        self.reselect = reselect
+        self.groups = None if groups is None else list(groups)
+        self.data, self.loss, self.seed = data, loss, seed
+        self.selection: Selection | None = None
+        self.ratio_now: float | None = None
+        self._graph: ChannelGraph | None = None
+        self._masks: list[tuple[Any, Any]] = []
+        self._order: dict[int, np.ndarray] = {}
+
+    # -- Keras hooks -------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        if self._graph is None or self._graph.model is not self.model:
+            self._graph = analyze(self.model)
+            self._chosen = choose_groups(self._graph, self.groups)
+            self._producers = {g.id: producers(self._graph, g) for g in self._chosen}
+            self._order = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        ratio = float(self.schedule(epoch))
+        if not 0.0 <= ratio < 1.0:
+            raise PruningError(f"The schedule gave ratio {ratio} for epoch {epoch}; it must be in [0, 1)")
+        if self.reselect or not self._order or ratio != self.ratio_now:
+            self._update(ratio)
+        self._apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = (self.params or {}).get("steps")
+        if self.frequency == "batch" or (steps is not None and batch + 1 >= steps):
+            self._apply()  # after the last batch too, so validation sees the masked model
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._apply()
+
+    def on_train_end(self, logs=None):
+        self._apply()
+
+    # -- public --------------------------------------------------------------------------
+    def finalize(self, model: keras.Model | None = None) -> keras.Model:
+        """Physically remove the masked filters; returns a new, smaller model.
+
+        Args:
+            model: The trained model (default: the model this callback trained).
+
+        Returns:
+            A new model computing what the masked model computes (the masked model
+            itself is left as it is).
+        """
+        model = model if model is not None else self.model
+        if model is None or self.selection is None:
+            raise PruningError("SoftPruning.finalize() needs a model trained with this callback")
+        graph = self._graph if self._graph is not None and self._graph.model is model else analyze(model)
+        return remove_filters(model, self.selection, graph=graph)
+
+    # -- internals ---------------------------------------------------------------------
+    def _update(self, ratio: float) -> None:
+        self._sync()
+        if self.reselect or not self._order:
+            scores = _score(
+                self.model, self.criterion, data=self.data, loss=self.loss, seed=self.seed, graph=self._graph
+            )
+            self._chosen = scored(self._chosen, scores, self.criterion)
+            self._order = {g.id: np.asarray(scores[g.id], dtype=np.float64) for g in self._chosen}
+        removed = {gid: lowest(s, ratio) for gid, s in self._order.items()}
+        chosen = group_selection(self._producers, {g: r for g, r in removed.items() if len(r)})
+        self.selection = Selection(chosen, criterion=getattr(self.criterion, "__name__", str(self.criterion)))
+        self.ratio_now = ratio
+        self._masks = _variable_masks(self._graph, self.selection)
+        log.info("SoftPruning: ratio %.3f, %d channels masked", ratio, sum(len(v) for v in removed.values()))
+
+    def _sync(self) -> None:
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+
+    def _apply(self) -> None:
+        if not self._masks:
+            return
+        self._sync()
+        for variable, keep in self._masks:
+            variable.assign(keras.ops.where(keep, variable.value, keras.ops.zeros_like(variable.value)))
+
+
+def _variable_masks(graph: ChannelGraph, selection) -> list[tuple[Any, Any]]:
+    """(variable, keep mask) for every weight the selection zeroes (as `mask_filters` does)."""
+    plan = make_plan(graph, selection)
+    masks: dict[int, tuple[Any, np.ndarray]] = {}
+    for key in graph.order:
+        rec = graph.records[key]
+        for s in rec.slices:
+            if not s.zero:
+                continue
+            gone = ~plan.keep(s.atoms)
+            if not gone.any():
+                continue
+            variable = rec.layer.weights[s.index]
+            entry = masks.setdefault(id(variable), (variable, np.ones(tuple(variable.shape), dtype=bool)))
+            index = [slice(None)] * len(variable.shape)
+            index[s.axis] = np.flatnonzero(gone)
+            entry[1][tuple(index)] = False
+    return [(v, keras.ops.convert_to_tensor(m)) for v, m in masks.values()]
