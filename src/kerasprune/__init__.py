@@ -1,15 +1,31 @@
 """kerasprune: remove filters from Keras 3 models, correctly.
 
-Public API:
-    analyze(model) -> ChannelGraph
-    remove_filters(model, selection) -> keras.Model   (new, smaller model)
-    mask_filters(model, selection) -> None            (in place, exact zeroing)
+Core:
+    analyze(model) -> ChannelGraph                    coupled channel groups
+    remove_filters(model, selection) -> keras.Model   new, smaller model
+    mask_filters(model, selection) -> None            in place, exact zeroing
+Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
+Workflow:    sensitivity, prune_and_finetune, SoftPruning
+Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
+Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
 
-from kerasprune.errors import ModelLoadError, PruningError, SelectionError, UnsupportedLayerError
+from kerasprune import criteria
+from kerasprune.criteria import score
+from kerasprune.errors import (
+    ModelLoadError,
+    ModelSaveError,
+    PruningError,
+    SelectionError,
+    UnsupportedLayerError,
+)
+from kerasprune.finetune import FinetuneHistory, prune_and_finetune
+from kerasprune.flops import count_flops, count_params, flops_by_layer
 from kerasprune.graph import ChannelGraph, Group, analyze
+from kerasprune.io import load_model, save_model
 from kerasprune.masking import mask_filters
 from kerasprune.plan import Plan, make_plan
+from kerasprune.report import Comparison, LatencyResult, compare, measure_latency
 from kerasprune.rules import (
     ChannelParams,
     CouplerRule,
@@ -18,6 +34,9 @@ from kerasprune.rules import (
     register_rule,
     unregister_rule,
 )
+from kerasprune.selection import Selection, select
+from kerasprune.sensitivity import SensitivityResult, sensitivity
+from kerasprune.soft import PolynomialSchedule, SoftPruning
 from kerasprune.surgery import remove_filters
 
 __version__ = "0.1.0"
@@ -25,19 +44,39 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelGraph",
     "ChannelParams",
+    "Comparison",
     "CouplerRule",
     "Elementwise",
+    "FinetuneHistory",
     "Group",
+    "LatencyResult",
     "ModelLoadError",
+    "ModelSaveError",
     "Plan",
+    "PolynomialSchedule",
     "PruningError",
     "Rule",
+    "Selection",
     "SelectionError",
+    "SensitivityResult",
+    "SoftPruning",
     "UnsupportedLayerError",
     "analyze",
+    "compare",
+    "count_flops",
+    "count_params",
+    "criteria",
+    "flops_by_layer",
+    "load_model",
     "make_plan",
     "mask_filters",
+    "measure_latency",
+    "prune_and_finetune",
     "register_rule",
     "remove_filters",
+    "save_model",
+    "score",
+    "select",
+    "sensitivity",
     "unregister_rule",
 ]
