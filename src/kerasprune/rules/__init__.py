@@ -9,6 +9,7 @@ from kerasprune.rules import convolution as _convolution  # noqa: F401
 from kerasprune.rules import merging as _merging  # noqa: F401
 from kerasprune.rules import normalization as _normalization  # noqa: F401
 from kerasprune.rules import reshaping as _reshaping  # noqa: F401
+from kerasprune.rules import wrappers as _wrappers  # noqa: F401
 from kerasprune.rules.base import Barrier, Chan, NodeIO, NodeView, Rule, WeightSlice
 from kerasprune.rules.merging import ConcatenateRule, CouplerRule, OpRule
 from kerasprune.rules.normalization import ChannelParams

@@ -33,12 +33,22 @@ def _data_format(layer) -> str:
     return getattr(layer, "data_format", None) or "channels_last"
 
 
+def _is_depthwise(layer) -> bool:
+    """A grouped convolution with one input channel per group."""
+    groups = int(getattr(layer, "groups", 1) or 1)
+    return groups > 1 and int(layer.kernel.shape[-2]) == 1
+
+
 class ConvRule(Rule):
     """`Conv1D/2D/3D`: a producer of `filters` channels, a consumer of its input.
 
-    With `groups > 1` the input channels cannot be removed (the group structure
-    of the kernel would break); output filters may be removed when every group
-    loses the same number, which keeps `filters` divisible by `groups`.
+    With `groups == in_channels` (a depthwise convolution written as `Conv2D`,
+    as in ConvNeXt) it is a pass-through: filter `j` reads only input channel
+    `j // (filters // groups)`, so removing an input channel removes its
+    filters and one group. With other `groups > 1` the input channels cannot be
+    removed (the group structure of the kernel would break); output filters may
+    be removed when every group loses the same number, which keeps `filters`
+    divisible by `groups`.
     """
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
@@ -47,8 +57,14 @@ class ConvRule(Rule):
         axis = channel_axis(_data_format(layer), rank)
         ins = g.expect(view, 0, axis)
         groups = int(getattr(layer, "groups", 1) or 1)
-        out = g.produce(view, layer.filters)
         k = weight_index(layer, layer.kernel)
+        if _is_depthwise(layer):
+            out = np.repeat(ins, layer.filters // groups)
+            g.slice(view, k, -1, out)
+            if layer.use_bias:
+                g.slice(view, weight_index(layer, layer.bias), 0, out)
+            return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+        out = g.produce(view, layer.filters)
         if groups > 1:
             g.block(ins, f"grouped convolution '{view.key}' (groups={groups}) cannot lose input channels")
         else:
@@ -61,6 +77,8 @@ class ConvRule(Rule):
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         n = kept(io.outputs[0])
         groups = int(config.get("groups", 1) or 1)
+        if _is_depthwise(layer):
+            return {**config, "filters": n, "groups": kept(io.inputs[0])}
         if groups > 1 and n is not None:
             per = layer.filters // groups
             counts = [int(np.count_nonzero(io.outputs[0][i * per : (i + 1) * per])) for i in range(groups)]
@@ -169,9 +187,7 @@ class EmbeddingRule(Rule):
 
 
 register_many([layers.Conv1D, layers.Conv2D, layers.Conv3D], ConvRule())
-register_many(
-    [layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose], ConvTransposeRule()
-)
+register_many([layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose], ConvTransposeRule())
 register_many([layers.DepthwiseConv1D, layers.DepthwiseConv2D], DepthwiseRule())
 register_many([layers.SeparableConv1D, layers.SeparableConv2D], SeparableRule())
 register_rule(layers.Dense, DenseRule())
