@@ -68,7 +68,7 @@ def test_removing_all_channels_via_union(model):
         kp.remove_filters(model, sel)
 
 
-def _blocked(builder, match):
+def _assert_blocked(builder, match):
     i = keras.Input((6, 6, 3))
     x = L.Conv2D(4, 1, name="c")(i)
     x = builder(x)
@@ -83,7 +83,7 @@ def _blocked(builder, match):
 
 def test_lambda_is_a_barrier_unless_declared():
     lam = L.Lambda(lambda t: t * 2.0, name="lam")
-    _blocked(lam, "'lam' (Lambda)")
+    _assert_blocked(lam, "'lam' (Lambda)")
     i = keras.Input((6, 6, 3))
     x = L.Conv2D(4, 1, name="c")(i)
     x = L.Lambda(lambda t: t * 2.0, name="lam")(x)
@@ -92,7 +92,7 @@ def test_lambda_is_a_barrier_unless_declared():
 
 
 def test_reshape_that_mixes_channels_is_a_barrier():
-    _blocked(L.Reshape((6, 12, 2), name="mix"), "'mix' (Reshape)")
+    _assert_blocked(L.Reshape((6, 12, 2), name="mix"), "'mix' (Reshape)")
 
 
 def test_custom_layer_without_rule_is_a_barrier():
@@ -100,11 +100,11 @@ def test_custom_layer_without_rule_is_a_barrier():
         def call(self, x):
             return x[..., ::-1]
 
-    _blocked(Mystery(name="myst"), "'myst' (Mystery)")
+    _assert_blocked(Mystery(name="myst"), "'myst' (Mystery)")
 
 
 def test_softmax_over_channels_is_a_barrier():
-    _blocked(L.Softmax(name="sm"), "'sm' (Softmax)")
+    _assert_blocked(L.Softmax(name="sm"), "'sm' (Softmax)")
 
 
 def test_attention_is_a_barrier():
@@ -112,7 +112,7 @@ def test_attention_is_a_barrier():
         x = L.Reshape((36, 4))(x)
         return L.MultiHeadAttention(num_heads=1, key_dim=2, name="mha")(x, x)
 
-    _blocked(attn, "'mha' (MultiHeadAttention)")
+    _assert_blocked(attn, "'mha' (MultiHeadAttention)")
 
 
 def test_channel_reaching_output_cannot_be_removed():

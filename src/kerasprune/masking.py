@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
+import keras
 import numpy as np
 
 from kerasprune.graph import ChannelGraph, analyze
@@ -22,29 +24,35 @@ from kerasprune.plan import Plan, make_plan
 log = logging.getLogger(__name__)
 
 
-def apply_mask(plan: Plan) -> list[str]:
-    """Zero the weights `plan` removes, in `plan.graph.model`. Returns layer keys changed."""
-    changed = []
+def keep_masks(plan: Plan) -> list[tuple[Any, np.ndarray]]:
+    """`(variable, keep)` for every weight that masking changes.
+
+    `keep` has the variable's shape and is False exactly where `plan` zeroes it.
+    `SoftPruning` re-applies these masks during training.
+    """
+    masks: dict[int, tuple[Any, np.ndarray]] = {}
     for key in plan.graph.order:
-        rec = plan.graph.records[key]
-        updates: dict[int, np.ndarray] = {}
-        for s in rec.slices:
+        for s in plan.graph.records[key].slices:
             if not s.zero:
                 continue
             gone = ~plan.keep(s.atoms)
             if not gone.any():
                 continue
-            arr = updates.get(s.index)
-            if arr is None:
-                arr = np.array(rec.layer.weights[s.index].numpy(), copy=True)
-                updates[s.index] = arr
-            index = [slice(None)] * arr.ndim
+            variable = plan.graph.records[key].layer.weights[s.index]
+            entry = masks.setdefault(id(variable), (variable, np.ones(tuple(variable.shape), dtype=bool)))
+            index = [slice(None)] * len(variable.shape)
             index[s.axis] = np.flatnonzero(gone)
-            arr[tuple(index)] = 0
-        for i, arr in updates.items():
-            rec.layer.weights[i].assign(arr)
-        if updates:
-            changed.append(key)
+            entry[1][tuple(index)] = False
+    return list(masks.values())
+
+
+def apply_mask(plan: Plan) -> list[str]:
+    """Zero the weights `plan` removes, in `plan.graph.model`. Returns the variables' paths."""
+    changed = []
+    for variable, keep in keep_masks(plan):
+        value = keras.ops.convert_to_numpy(variable.value)
+        variable.assign(np.where(keep, value, np.zeros((), dtype=value.dtype)))
+        changed.append(variable.path)
     return changed
 
 
@@ -74,4 +82,4 @@ def mask_filters(
         raise PruningError("graph was built for a different model")
     plan = make_plan(graph, selection)
     changed = apply_mask(plan)
-    log.info("kerasprune.mask_filters: %s; layers changed: %s", plan.summary(), ", ".join(changed))
+    log.info("kerasprune.mask_filters: %s; weights changed: %s", plan.summary(), ", ".join(changed))

@@ -31,6 +31,7 @@ from kerasprune.criteria import score as _score
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, analyze
 from kerasprune.groupwise import choose_groups, group_selection, lowest, producers, scored
+from kerasprune.masking import keep_masks
 from kerasprune.plan import make_plan
 from kerasprune.selection import Selection
 from kerasprune.surgery import remove_filters
@@ -205,19 +206,4 @@ class SoftPruning(keras.callbacks.Callback):
 
 def _variable_masks(graph: ChannelGraph, selection) -> list[tuple[Any, Any]]:
     """(variable, keep mask) for every weight the selection zeroes (as `mask_filters` does)."""
-    plan = make_plan(graph, selection)
-    masks: dict[int, tuple[Any, np.ndarray]] = {}
-    for key in graph.order:
-        rec = graph.records[key]
-        for s in rec.slices:
-            if not s.zero:
-                continue
-            gone = ~plan.keep(s.atoms)
-            if not gone.any():
-                continue
-            variable = rec.layer.weights[s.index]
-            entry = masks.setdefault(id(variable), (variable, np.ones(tuple(variable.shape), dtype=bool)))
-            index = [slice(None)] * len(variable.shape)
-            index[s.axis] = np.flatnonzero(gone)
-            entry[1][tuple(index)] = False
-    return [(v, keras.ops.convert_to_tensor(m)) for v, m in masks.values()]
+    return [(v, keras.ops.convert_to_tensor(m)) for v, m in keep_masks(make_plan(graph, selection))]
