@@ -138,3 +138,28 @@ def test_plots_are_valid_pngs(tmp_path):
     no_scores = plots.write_plots(tmp_path / "ns", channels=(before, after), stages=stages)
     assert set(no_scores) == {"channels", "stages", "overview"}
     assert_png(no_scores["overview"])
+
+
+def test_file_size_row_flags_optimizer_state(tmp_path):
+    """A trained .keras file also stores optimizer variables; the table says so instead of
+    crediting pruning with the size difference."""
+    import keras
+    import numpy as np
+
+    from kerasprune.report import _has_optimizer_state, model_stats
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2)(inp))
+    plain = tmp_path / "plain.keras"
+    model.save(plain)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0, epochs=1)
+    trained = tmp_path / "trained.keras"
+    model.save(trained)
+    assert _has_optimizer_state(trained) and not _has_optimizer_state(plain)
+    before = model_stats(model, path=trained, latency=False)
+    after = model_stats(model, path=plain, latency=False)
+    from kerasprune.report import Comparison
+
+    rows = Comparison(before=before, after=after).rows()
+    assert any("optimizer state" in r[0] for r in rows)

@@ -205,6 +205,22 @@ class ModelStats:
     file_size: int | None = None
     latency: LatencyResult | None = None
     accuracy: float | None = None
+    optimizer_in_file: bool = False
+
+
+def _has_optimizer_state(path) -> bool:
+    """Whether a `.keras` file also stores optimizer variables (they inflate its size)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as fh:
+            import h5py
+
+            with h5py.File(fh, "r") as h5:
+                opt = h5.get("optimizer")
+                return bool(opt is not None and len(opt.get("vars", {})) > 0)
+    except Exception:  # not a .keras zip (e.g. .h5): size is reported as is
+        return False
 
 
 def model_stats(
@@ -226,6 +242,7 @@ def model_stats(
         file_size=Path(path).stat().st_size if path is not None and Path(path).is_file() else None,
         latency=measure_latency(model, batch_size=batch_size, runs=runs, warmup=warmup) if latency else None,
         accuracy=accuracy(model, data) if data is not None else None,
+        optimizer_in_file=path is not None and Path(path).is_file() and _has_optimizer_state(path),
     )
 
 
@@ -293,7 +310,10 @@ class Comparison:
             ("FLOPs (MACs)", _si(b.flops), _si(a.flops), change(self.flops_ratio)),
         ]
         if b.file_size is not None or a.file_size is not None:
-            rows.append(("file size", _bytes(b.file_size), _bytes(a.file_size), change(_ratio(b.file_size, a.file_size))))
+            label = "file size"
+            if b.optimizer_in_file != a.optimizer_in_file:
+                label = "file size (only one file holds optimizer state)"
+            rows.append((label, _bytes(b.file_size), _bytes(a.file_size), change(_ratio(b.file_size, a.file_size))))
         if b.latency is not None and a.latency is not None:
             label = f"latency (batch {b.latency.batch_size}, median)"
             rows.append(
