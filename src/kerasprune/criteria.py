@@ -33,7 +33,7 @@ import numpy as np
 
 from kerasprune.errors import PruningError
 from kerasprune.flops import find_mac_spec, iter_calls
-from kerasprune.graph import ChannelGraph, Group
+from kerasprune.graph import ChannelGraph, Group, run_graph
 
 log = logging.getLogger(__name__)
 
@@ -290,28 +290,16 @@ def _split(graph: ChannelGraph, groups: list[Group], flat_values: np.ndarray, se
 def _run(fn, values: list, prefix: str, counter: dict, visit) -> list:
     """Execute a Functional graph node by node (nested models expanded), calling
     `visit(key, call_index, input_values)` before each layer call."""
-    from kerasprune.flops import _functional
 
-    env = {id(t): v for t, v in zip(fn.inputs, values)}
-    for depth in sorted(fn._nodes_by_depth, reverse=True):
-        for node in fn._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input or any(id(t) not in env for t in node.input_tensors):
-                continue
-            ins = [env[id(t)] for t in node.input_tensors]
-            inner = _functional(op)
-            if inner is not None:
-                outs = _run(inner, ins, f"{prefix}{op.name}/", counter, visit)
-            else:
-                key = f"{prefix}{op.name}"
-                idx = counter.get(key, 0)
-                counter[key] = idx + 1
-                visit(key, idx, ins)
-                args, kwargs = node.arguments.fill_in(env)
-                outs = keras.tree.flatten(op(*args, **kwargs))
-            for t, y in zip(node.outputs, outs):
-                env[id(t)] = y
-    return [env[id(t)] for t in fn.outputs]
+    def call(op, node, ins, pre, env):
+        key = f"{pre}{op.name}"
+        idx = counter.get(key, 0)
+        counter[key] = idx + 1
+        visit(key, idx, ins)
+        args, kwargs = node.arguments.fill_in(env)
+        return keras.tree.flatten(op(*args, **kwargs))
+
+    return run_graph(fn, values, call, prefix=prefix)
 
 
 class _ActivationStats(Criterion):

@@ -32,6 +32,8 @@ import numpy as np
 from keras import layers
 
 from kerasprune.errors import PruningError
+from kerasprune.graph import _functional_of as _functional
+from kerasprune.graph import run_graph
 
 MacFn = Callable[[object, list, list], list]
 
@@ -128,14 +130,6 @@ class Call:
     out_shapes: list
 
 
-def _functional(op):
-    if isinstance(op, keras.Sequential):
-        return getattr(op, "_functional", None)
-    if isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
-        return op
-    return None
-
-
 def iter_calls(model) -> Iterator[Call]:
     """Every layer call of `model` in topological order, nested models expanded.
 
@@ -151,29 +145,18 @@ def iter_calls(model) -> Iterator[Call]:
             f"kerasprune needs a built Functional or Sequential keras.Model. Received: {type(model).__name__}"
         )
     counter: dict[str, int] = {}
-    yield from _walk(fn, [tuple(t.shape) for t in fn.inputs], "", counter)
+    calls: list[Call] = []
 
+    def call(op, node, ins, prefix, env):
+        outs = [tuple(s) for s in _out_shapes(op, node, ins)]
+        key = f"{prefix}{op.name}"
+        index = counter.get(key, 0)
+        counter[key] = index + 1
+        calls.append(Call(key, index, op, node, ins, outs))
+        return outs
 
-def _walk(fn, in_shapes: list, prefix: str, counter: dict) -> Iterator[Call]:
-    env = {id(t): tuple(s) for t, s in zip(fn.inputs, in_shapes)}
-    for depth in sorted(fn._nodes_by_depth, reverse=True):
-        for node in fn._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input or any(id(t) not in env for t in node.input_tensors):
-                continue
-            ins = [env[id(t)] for t in node.input_tensors]
-            inner = _functional(op)
-            if inner is not None:
-                outs = yield from _walk(inner, ins, f"{prefix}{op.name}/", counter)
-            else:
-                outs = _out_shapes(op, node, ins)
-                key = f"{prefix}{op.name}"
-                index = counter.get(key, 0)
-                counter[key] = index + 1
-                yield Call(key, index, op, node, ins, outs)
-            for t, s in zip(node.outputs, outs):
-                env[id(t)] = tuple(s)
-    return [env[id(t)] for t in fn.outputs]
+    run_graph(fn, [tuple(t.shape) for t in fn.inputs], call)
+    yield from calls
 
 
 def _out_shapes(op, node, ins: list) -> list:

@@ -175,24 +175,9 @@ class Builder:
 
     # -- graph walk ------------------------------------------------------------------
     def walk(self, fn, inputs: list[Chan], prefix: str) -> list[Chan]:
-        env = {id(t): c for t, c in zip(fn.inputs, inputs)}
-        for depth in sorted(fn._nodes_by_depth, reverse=True):
-            for node in fn._nodes_by_depth[depth]:
-                op = node.operation
-                if op is None or node.is_input:
-                    continue
-                if any(id(t) not in env for t in node.input_tensors):
-                    continue
-                ins = [env[id(t)] for t in node.input_tensors]
-                inner = _functional_of(op)
-                if inner is not None:
-                    self._enter(op, prefix, node, ins)
-                    outs = self.walk(inner, ins, f"{prefix}{op.name}/")
-                else:
-                    outs = self.apply(op, node, ins, prefix)
-                for t, c in zip(node.outputs, outs):
-                    env[id(t)] = c
-        return [env[id(t)] for t in fn.outputs]
+        return run_graph(
+            fn, inputs, lambda op, node, ins, pre, env: self.apply(op, node, ins, pre), prefix=prefix, enter=self._enter
+        )
 
     def _enter(self, op, prefix: str, node, ins: list[Chan]) -> None:
         """Remember a nested model's input channels: its `Input`s must be resized."""
@@ -279,12 +264,50 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             parent = jumped
 
 
+def run_graph(fn, values: list, call, *, prefix: str = "", enter=None) -> list:
+    """Walk a Functional graph node by node in topological order, nested models expanded.
+
+    The one traversal shared by the analysis, the FLOPs counter and the activation
+    runner of the data-driven criteria; each tracks its own kind of value per tensor
+    (channels, shapes, tensors).
+
+    Args:
+        fn: A Functional graph (`Functional` model or a Sequential's `_functional`).
+        values: One value per input of `fn`.
+        call: `call(op, node, input_values, prefix, env) -> output values` for every
+            layer/operation call (`env` maps `id(tensor)` to its value so far).
+        prefix: Key prefix of the layers of `fn` (`outer/` inside nested models).
+        enter: Optional `enter(model, prefix, node, input_values)`, told before a
+            nested model is walked.
+
+    Returns:
+        The values of `fn`'s outputs.
+    """
+    env = {id(t): v for t, v in zip(fn.inputs, values)}
+    for depth in sorted(fn._nodes_by_depth, reverse=True):
+        for node in fn._nodes_by_depth[depth]:
+            op = node.operation
+            if op is None or node.is_input or any(id(t) not in env for t in node.input_tensors):
+                continue
+            ins = [env[id(t)] for t in node.input_tensors]
+            inner = _functional_of(op)
+            if inner is not None:
+                if enter is not None:
+                    enter(op, prefix, node, ins)
+                outs = run_graph(inner, ins, call, prefix=f"{prefix}{op.name}/", enter=enter)
+            else:
+                outs = call(op, node, ins, prefix, env)
+            for t, v in zip(node.outputs, outs):
+                env[id(t)] = v
+    return [env[id(t)] for t in fn.outputs]
+
+
 def _functional_of(op):
     """The Functional graph behind a nested model, or None for a plain layer."""
     if isinstance(op, keras.Sequential):
         fn = getattr(op, "_functional", None)
         if fn is None:
-            raise PruningError(f"Nested Sequential {describe(op)} is not built; build it first")
+            raise PruningError(f"Sequential model {describe(op)} is not built; build it first")
         return fn
     if isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
         return op
