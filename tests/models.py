@@ -131,6 +131,22 @@ def nested_and_shared():
     return finish(i, L.Dense(3, name="head")(x))
 
 
+def two_conv_classifier(channels: int = 3, classes: int = 3, softmax: bool = False, bn_seed: int = 1):
+    """conv-BN-ReLU x2 -> GAP -> Dense, seeded, with random BN statistics (training tests)."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, channels))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(i)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = L.BatchNormalization(name="bn2")(x)
+    x = L.ReLU()(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(i, L.Dense(classes, activation="softmax" if softmax else None, name="head")(x))
+    randomize_batchnorm(model, seed=bn_seed)
+    return model
+
+
 ALL = {
     "conv_bn_chain": conv_bn_chain,
     "conv1d": lambda: conv_bn_chain(rank=1),

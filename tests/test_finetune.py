@@ -3,10 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from keras import layers as L
 
 import kerasprune as kp
-from kerasprune.testing import randomize_batchnorm
+from models import two_conv_classifier
 
 
 def _data():
@@ -17,17 +16,7 @@ def _data():
 
 
 def _model(lr=0.01, compile=True):
-    keras.utils.set_random_seed(0)
-    i = keras.Input((8, 8, 1))
-    x = L.Conv2D(8, 3, padding="same", name="c1")(i)
-    x = L.BatchNormalization(name="bn1")(x)
-    x = L.ReLU()(x)
-    x = L.Conv2D(8, 3, padding="same", name="c2")(x)
-    x = L.BatchNormalization(name="bn2")(x)
-    x = L.ReLU()(x)
-    x = L.GlobalAveragePooling2D()(x)
-    model = keras.Model(i, L.Dense(2, activation="softmax", name="head")(x))
-    randomize_batchnorm(model, seed=3)
+    model = two_conv_classifier(channels=1, classes=2, softmax=True, bn_seed=3)
     if compile:
             model.compile(
             optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]

@@ -3,25 +3,15 @@
 import keras
 import numpy as np
 import pytest
-from keras import layers as L
 
 import kerasprune as kp
 from kerasprune.soft import PolynomialSchedule
-from kerasprune.testing import max_output_difference, randomize_batchnorm
+from kerasprune.testing import max_output_difference
+from models import two_conv_classifier
 
 
 def _model():
-    keras.utils.set_random_seed(0)
-    i = keras.Input((8, 8, 3))
-    x = L.Conv2D(8, 3, padding="same", name="c1")(i)
-    x = L.BatchNormalization(name="bn1")(x)
-    x = L.ReLU()(x)
-    x = L.Conv2D(8, 3, padding="same", name="c2")(x)
-    x = L.BatchNormalization(name="bn2")(x)
-    x = L.ReLU()(x)
-    x = L.GlobalAveragePooling2D()(x)
-    model = keras.Model(i, L.Dense(3, name="head")(x))
-    randomize_batchnorm(model, seed=1)
+    model = two_conv_classifier(channels=3, classes=3, softmax=False, bn_seed=1)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     return model
 
