@@ -31,9 +31,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasprune import _keras
 from kerasprune.errors import PruningError
 from kerasprune.flops import find_mac_spec, iter_calls
-from kerasprune.graph import ChannelGraph, Group, run_graph
+from kerasprune.graph import ChannelGraph, Group, functional_of, run_graph
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def _run(fn, values: list, prefix: str, counter: dict, visit) -> list:
         idx = counter.get(key, 0)
         counter[key] = idx + 1
         visit(key, idx, ins)
-        args, kwargs = node.arguments.fill_in(env)
+        args, kwargs = _keras.fill_in(node, env)
         return keras.tree.flatten(op(*args, **kwargs))
 
     return run_graph(fn, values, call, prefix=prefix)
@@ -339,7 +340,7 @@ class _ActivationStats(Criterion):
             total[:] += np.bincount(flat, weights=x.sum(axis=0, dtype=np.float64), minlength=n)
             count[:] += np.bincount(flat, minlength=n) * x.shape[0]
 
-        fn = ctx.model._functional if isinstance(ctx.model, keras.Sequential) else ctx.model
+        fn = functional_of(ctx.model)
         for x, _ in _batches(ctx, self.name):
             xs = keras.tree.flatten(x)
             _run(fn, [keras.ops.convert_to_tensor(v) for v in xs], "", {}, visit)

@@ -31,8 +31,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from kerasprune import _keras
 from kerasprune.errors import PruningError
-from kerasprune.graph import _functional_of as _functional
+from kerasprune.graph import functional_of as _functional
 from kerasprune.graph import run_graph
 
 MacFn = Callable[[object, list, list], list]
@@ -164,7 +165,7 @@ def _out_shapes(op, node, ins: list) -> list:
     if all(tuple(a[1:]) == tuple(b[1:]) for a, b in zip(ins, recorded)):
         return [tuple(t.shape) for t in node.outputs]
     values = {id(t): keras.KerasTensor(s, dtype=t.dtype) for t, s in zip(node.input_tensors, ins)}
-    args, kwargs = node.arguments.fill_in(values)
+    args, kwargs = _keras.fill_in(node, values)
     spec = op.compute_output_spec(*args, **kwargs)
     return [tuple(s.shape) for s in keras.tree.flatten(spec)]
 

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasprune import _keras
 from kerasprune import rules as _rules  # noqa: F401  (registers the built-in rules)
 from kerasprune.errors import PruningError, SelectionError, describe
 from kerasprune.rules.base import Barrier, Chan, NodeView, Rule, WeightSlice, norm_axis
@@ -284,34 +285,33 @@ def run_graph(fn, values: list, call, *, prefix: str = "", enter=None) -> list:
         The values of `fn`'s outputs.
     """
     env = {id(t): v for t, v in zip(fn.inputs, values)}
-    for depth in sorted(fn._nodes_by_depth, reverse=True):
-        for node in fn._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input or any(id(t) not in env for t in node.input_tensors):
-                continue
-            ins = [env[id(t)] for t in node.input_tensors]
-            inner = _functional_of(op)
-            if inner is not None:
-                if enter is not None:
-                    enter(op, prefix, node, ins)
-                outs = run_graph(inner, ins, call, prefix=f"{prefix}{op.name}/", enter=enter)
-            else:
-                outs = call(op, node, ins, prefix, env)
-            for t, v in zip(node.outputs, outs):
-                env[id(t)] = v
+    for node in _keras.nodes_in_order(fn):
+        op = node.operation
+        if op is None or node.is_input or any(id(t) not in env for t in node.input_tensors):
+            continue
+        ins = [env[id(t)] for t in node.input_tensors]
+        inner = functional_of(op)
+        if inner is not None:
+            if enter is not None:
+                enter(op, prefix, node, ins)
+            outs = run_graph(inner, ins, call, prefix=f"{prefix}{op.name}/", enter=enter)
+        else:
+            outs = call(op, node, ins, prefix, env)
+        for t, v in zip(node.outputs, outs):
+            env[id(t)] = v
     return [env[id(t)] for t in fn.outputs]
 
 
-def _functional_of(op):
-    """The Functional graph behind a nested model, or None for a plain layer."""
-    if isinstance(op, keras.Sequential):
-        fn = getattr(op, "_functional", None)
-        if fn is None:
-            raise PruningError(f"Sequential model {describe(op)} is not built; build it first")
-        return fn
-    if isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
-        return op
-    return None
+def functional_of(op):
+    """The Functional graph behind a nested model, or None for a plain layer.
+
+    Raises:
+        PruningError: `op` is a Sequential model that was never built.
+    """
+    try:
+        return _keras.functional_of(op)
+    except ValueError as e:
+        raise PruningError(str(e)) from None
 
 
 class ChannelGraph:
@@ -507,7 +507,7 @@ def analyze(model, *, channelwise: Iterable[str] = ()) -> ChannelGraph:
         >>> graph = kerasprune.analyze(model)
         >>> print(graph.summary())
     """
-    fn = _functional_of(model) if isinstance(model, keras.Model) else None
+    fn = functional_of(model) if isinstance(model, keras.Model) else None
     if fn is None:
         raise PruningError(
             f"kerasprune needs a built Functional or Sequential keras.Model. Received: {type(model).__name__}"
@@ -517,7 +517,8 @@ def analyze(model, *, channelwise: Iterable[str] = ()) -> ChannelGraph:
     outs = b.walk(fn, ins, "")
     for c, t in zip(outs, fn.outputs):
         if not c.frozen:
-            name = t._keras_history.operation.name if hasattr(t, "_keras_history") else t.name
+            op = _keras.producer_of(t)
+            name = t.name if op is None else op.name
             b.block(c.atoms, f"channels reach the model output (layer '{name}')")
     graph = ChannelGraph(model, b)
     log.debug("analyzed %s: %d groups", model.name, len(graph.groups))

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 import keras
 import numpy as np
 from keras import tree
-from keras.src.saving.serialization_lib import SafeModeScope
 
+from kerasprune import _keras
 from kerasprune.errors import PruningError
-from kerasprune.graph import ChannelGraph, LayerRecord, _functional_of, analyze
+from kerasprune.graph import ChannelGraph, LayerRecord, analyze, functional_of
 from kerasprune.plan import Plan, make_plan
 from kerasprune.rules.base import NodeIO
 
@@ -121,17 +121,17 @@ def rebuild(plan: Plan) -> keras.Model:
         if id(layer) in cache:
             return cache[id(layer)]
         key = graph._by_id.get(id(layer))
-        if _functional_of(layer) is not None:
+        if functional_of(layer) is not None:
             inputs = _nested_inputs(plan, key, layer)
             if inputs is not None:
-                struct = inputs[0] if isinstance(layer, keras.Sequential) else layer._inputs_struct
+                struct = inputs[0] if isinstance(layer, keras.Sequential) else _keras.inputs_struct(layer)
                 inputs = inputs[0] if isinstance(layer, keras.Sequential) else tree.pack_sequence_as(struct, inputs)
             new = keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone_function)
         else:
             rec = graph.records.get(key) if key else None
             # The config comes from the caller's live model, not from a file: a `Lambda`'s
             # Python function may be rebuilt (Keras refuses it in its default safe mode).
-            with SafeModeScope(False):
+            with _keras.trusted_deserialization():
                 new = layer.__class__.from_config(_new_config(plan, rec, layer))
             if getattr(layer, "weights", None):
                 _defer_initializers(new, swapped)

@@ -6,19 +6,15 @@
 
 from __future__ import annotations
 
+from kerasprune._keras import application_class
 from kerasprune.rules.merging import CouplerRule
 from kerasprune.rules.normalization import ChannelParams
 from kerasprune.rules.registry import register_rule
 from kerasprune.rules.reshaping import Elementwise
 
-try:  # pragma: no branch - present in every supported Keras 3
-    from keras.src.applications.convnext import LayerScale, StochasticDepth
-except ImportError:  # pragma: no cover
-    LayerScale = StochasticDepth = None
-try:
-    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
-except ImportError:  # pragma: no cover
-    CustomScaleLayer = None
+LayerScale = application_class("convnext", "LayerScale")
+StochasticDepth = application_class("convnext", "StochasticDepth")
+CustomScaleLayer = application_class("inception_resnet_v2", "CustomScaleLayer")
 
 if LayerScale is not None:
     register_rule(LayerScale, ChannelParams(("gamma",), config_key="projection_dim"))

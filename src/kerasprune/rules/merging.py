@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 from keras import layers
-from keras.src import ops as _ops
-from keras.src.backend import KerasTensor
 
+from kerasprune._keras import KerasTensor, call_arguments, op_classes
 from kerasprune.rules.base import Barrier, Chan, NodeView, Rule, norm_axis
 from kerasprune.rules.registry import register_many, register_rule
 
@@ -86,8 +85,8 @@ class OpRule(Rule):
     couples_calls = False
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
-        args = view.node.arguments
-        for a in list(args.args) + list(args.kwargs.values()):
+        args, kwargs = call_arguments(view.node)
+        for a in list(args) + list(kwargs.values()):
             if isinstance(a, KerasTensor) or a is None or isinstance(a, (bool, int, float, str)):
                 continue
             if np.size(a) > 1:
@@ -116,6 +115,6 @@ register_many(
     CouplerRule(),
 )
 register_rule(layers.Concatenate, ConcatenateRule())
-register_many([getattr(_ops.numpy, n, None) for n in _NUMPY_OPS], OpRule())
-register_many([getattr(_ops.nn, n, None) for n in _NN_OPS], OpRule())
-register_many([getattr(_ops.core, "Cast", None)], OpRule())
+register_many(op_classes("numpy", _NUMPY_OPS), OpRule())
+register_many(op_classes("nn", _NN_OPS), OpRule())
+register_many(op_classes("core", ["Cast"]), OpRule())
