@@ -11,6 +11,7 @@ Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
 
 from kerasprune import criteria
+from kerasprune.allocation import select
 from kerasprune.criteria import score
 from kerasprune.errors import (
     ModelLoadError,
@@ -34,7 +35,7 @@ from kerasprune.rules import (
     register_rule,
     unregister_rule,
 )
-from kerasprune.selection import Selection, select
+from kerasprune.selection import Selection
 from kerasprune.sensitivity import SensitivityResult, sensitivity
 from kerasprune.soft import PolynomialSchedule, SoftPruning
 from kerasprune.surgery import remove_filters

@@ -33,7 +33,6 @@ import numpy as np
 
 from kerasprune import _keras
 from kerasprune.errors import PruningError
-from kerasprune.flops import find_mac_spec, iter_calls
 from kerasprune.graph import ChannelGraph, Group, functional_of, run_graph
 
 log = logging.getLogger(__name__)
@@ -273,10 +272,6 @@ def _batches(ctx: ScoringContext, name: str):
         raise PruningError(f"Criterion '{name}': data yielded no batches")
 
 
-def _flat_channels(graph: ChannelGraph, atoms: np.ndarray) -> np.ndarray:
-    return graph.group_offsets[graph.atom_group[atoms]] + graph.atom_channel[atoms]
-
-
 def _split(graph: ChannelGraph, groups: list[Group], flat_values: np.ndarray, seen: np.ndarray, reason: str):
     out: dict[int, np.ndarray | CriterionSkip] = {}
     for g in groups:
@@ -315,18 +310,12 @@ class _ActivationStats(Criterion):
         graph = ctx.graph
         wanted = np.zeros(len(graph.group_sizes), dtype=bool)
         wanted[[g.id for g in groups]] = True
-        taps = {}
-        for call in iter_calls(ctx.model):
-            rec = graph.records.get(call.key)
-            spec = find_mac_spec(call.layer)
-            if spec is None or rec is None or rec.barrier or call.index >= len(rec.calls):
-                continue
-            atoms = rec.calls[call.index][0][0] if rec.calls[call.index][0] else None
-            if atoms is None or not wanted[graph.atom_group[atoms]].any():
-                continue
-            axis = spec.in_axis(call.layer, len(call.in_shapes[0]))
-            taps[(call.key, call.index)] = (axis, _flat_channels(graph, atoms))
-        n = int(np.sum(graph.group_sizes))
+        taps = {
+            (key, index): (axis, graph.flat_index(atoms))
+            for key, index, atoms, axis in graph.consumers()
+            if wanted[graph.atom_group[atoms]].any()
+        }
+        n = graph.n_channels
         zeros, total, count = np.zeros(n), np.zeros(n), np.zeros(n)
 
         def visit(key, idx, ins):
@@ -406,17 +395,16 @@ class _Taylor(Criterion):
         loss_fn = keras.losses.get(ctx.loss) if isinstance(ctx.loss, str) else ctx.loss
         wanted = {g.id for g in groups}
         terms = []  # (variable, axis, flat channel per position)
-        for key in graph.order:
+        for key, index, ins, _ in graph.consumers():
+            if index:
+                continue  # a shared layer's weights are read once
             rec = graph.records[key]
-            if rec.barrier or not rec.calls or find_mac_spec(rec.layer) is None or not rec.calls[0][0]:
-                continue
-            ins = rec.calls[0][0][0]
             for s in rec.slices:
                 var = rec.layer.weights[s.index]
-                if len(var.shape) >= 2 and ins is not None and np.array_equal(s.atoms, ins):
+                if len(var.shape) >= 2 and np.array_equal(s.atoms, ins):
                     if set(graph.atom_group[s.atoms].tolist()) & wanted:
-                        terms.append((var, s.axis, _flat_channels(graph, s.atoms)))
-        n = int(np.sum(graph.group_sizes))
+                        terms.append((var, s.axis, graph.flat_index(s.atoms)))
+        n = graph.n_channels
         acc, seen = np.zeros(n), np.zeros(n, dtype=bool)
         for _, _, flat in terms:
             seen[flat] = True

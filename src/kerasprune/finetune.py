@@ -18,17 +18,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
+from kerasprune.allocation import select
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params
 from kerasprune.graph import analyze
-from kerasprune.selection import select
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def prune_and_finetune(
     seed: int = 0,
     select_options: dict | None = None,
     fit_options: dict | None = None,
+    channelwise: Iterable[str] = (),
 ) -> tuple[keras.Model, FinetuneHistory]:
     """Remove filters in `steps` steps towards a target, fine-tuning after each.
 
@@ -127,6 +128,8 @@ def prune_and_finetune(
         data, loss, seed: Passed to `select` for data-driven criteria.
         select_options: Further `select` keywords (`round_to`, `min_keep`, `exclude`...).
         fit_options: Further `model.fit` keywords (`batch_size`, `verbose`...).
+        channelwise: Layer names to treat as element-wise (as in `analyze`), at
+            every step.
 
     Returns:
         `(pruned_model, history)`: the model of the last step, restored to its best
@@ -163,7 +166,7 @@ def prune_and_finetune(
             before = 1.0 - (k - 1) / steps * target_ratio
             after = 1.0 - k / steps * target_ratio
             options["ratio"] = 1.0 - after / before
-        graph = analyze(current)
+        graph = analyze(current, channelwise=channelwise)
         selection = select(current, criterion, graph=graph, **options)
         with _strategy_scope(model):
             pruned = remove_filters(current, selection, graph=graph)

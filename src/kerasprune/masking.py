@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerasprune.graph import ChannelGraph, analyze
+from kerasprune.graph import ChannelGraph, graph_for
 from kerasprune.plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def apply_mask(plan: Plan) -> list[str]:
 
 
 def mask_filters(
-    model, selection: Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
+    model, selection: Plan | Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
 ) -> None:
     """Neutralize the selected filters **in place**; the architecture is unchanged.
 
@@ -67,7 +67,8 @@ def mask_filters(
 
     Args:
         model: The model to modify in place.
-        selection: `{layer or name: indices or boolean mask}`; see `remove_filters`.
+        selection: `{layer or name: indices or boolean mask}`, a `Selection` or a
+            `Plan`; see `remove_filters`.
         graph: A `ChannelGraph` of `model` to reuse (from `analyze`).
         channelwise: Names of layers (e.g. `Lambda`s) to treat as element-wise,
             as in `analyze`; used when `graph` is not given.
@@ -75,11 +76,9 @@ def mask_filters(
     Raises:
         SelectionError, PruningError: as `remove_filters`.
     """
-    graph = graph if graph is not None else analyze(model, channelwise=channelwise)
-    if graph.model is not model:
-        from kerasprune.errors import PruningError
-
-        raise PruningError("graph was built for a different model")
+    if isinstance(selection, Plan) and graph is None:
+        graph = selection.graph
+    graph = graph_for(model, graph, channelwise=channelwise)
     plan = make_plan(graph, selection)
     changed = apply_mask(plan)
     log.info("kerasprune.mask_filters: %s; weights changed: %s", plan.summary(), ", ".join(changed))

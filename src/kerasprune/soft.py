@@ -29,10 +29,11 @@ import numpy as np
 
 from kerasprune.criteria import score as _score
 from kerasprune.errors import PruningError
+from kerasprune.flops import CostModel
 from kerasprune.graph import ChannelGraph, analyze
-from kerasprune.groupwise import choose_groups, group_selection, lowest, producers, scored
+from kerasprune.groupwise import choose_groups, lowest, scored
 from kerasprune.masking import keep_masks
-from kerasprune.plan import make_plan
+from kerasprune.plan import Plan
 from kerasprune.selection import Selection
 from kerasprune.surgery import remove_filters
 
@@ -84,6 +85,7 @@ class SoftPruning(keras.callbacks.Callback):
             and the masked set only grows with the schedule.
         groups: Group ids or layer names to prune (default: every prunable group).
         data, loss, seed: Passed to `kerasprune.score` (data-driven criteria).
+        channelwise: Layer names to treat as element-wise (as in `analyze`).
 
     Channels released by a re-selection restart from zero weights; as the mask also
     zeroed their BatchNorm parameters and their consumers' inputs, they may stay
@@ -111,6 +113,7 @@ class SoftPruning(keras.callbacks.Callback):
         data: Any = None,
         loss: Any = None,
         seed: int = 0,
+        channelwise: Iterable[str] = (),
     ):
         super().__init__()
         if (ratio is None) == (schedule is None):
@@ -125,6 +128,7 @@ class SoftPruning(keras.callbacks.Callback):
         self.reselect = reselect
         self.groups = None if groups is None else list(groups)
         self.data, self.loss, self.seed = data, loss, seed
+        self.channelwise = tuple(channelwise)
         self.selection: Selection | None = None
         self.ratio_now: float | None = None
         self._graph: ChannelGraph | None = None
@@ -134,9 +138,9 @@ class SoftPruning(keras.callbacks.Callback):
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         if self._graph is None or self._graph.model is not self.model:
-            self._graph = analyze(self.model)
+            self._graph = analyze(self.model, channelwise=self.channelwise)
             self._chosen = choose_groups(self._graph, self.groups)
-            self._producers = {g.id: producers(self._graph, g) for g in self._chosen}
+            self._cost = CostModel(self._graph)
             self._order = {}
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -172,8 +176,8 @@ class SoftPruning(keras.callbacks.Callback):
         model = model if model is not None else self.model
         if model is None or self.selection is None:
             raise PruningError("SoftPruning.finalize() needs a model trained with this callback")
-        graph = self._graph if self._graph is not None and self._graph.model is model else analyze(model)
-        return remove_filters(model, self.selection, graph=graph)
+        graph = self._graph if self._graph is not None and self._graph.model is model else None
+        return remove_filters(model, self.selection, graph=graph, channelwise=self.channelwise)
 
     # -- internals ---------------------------------------------------------------------
     def _update(self, ratio: float) -> None:
@@ -185,10 +189,11 @@ class SoftPruning(keras.callbacks.Callback):
             self._chosen = scored(self._chosen, scores, self.criterion)
             self._order = {g.id: np.asarray(scores[g.id], dtype=np.float64) for g in self._chosen}
         removed = {gid: lowest(s, ratio) for gid, s in self._order.items()}
-        chosen = group_selection(self._producers, {g: r for g, r in removed.items() if len(r)})
-        self.selection = Selection(chosen, criterion=getattr(self.criterion, "__name__", str(self.criterion)))
+        plan = Plan.from_groups(self._graph, {g: r for g, r in removed.items() if len(r)})
+        name = getattr(self.criterion, "__name__", str(self.criterion))
+        self.selection = Selection.from_plan(plan, criterion=name, scores=self._order, cost=self._cost)
         self.ratio_now = ratio
-        self._masks = _variable_masks(self._graph, self.selection)
+        self._masks = [(v, keras.ops.convert_to_tensor(m)) for v, m in keep_masks(plan)]
         log.info("SoftPruning: ratio %.3f, %d channels masked", ratio, sum(len(v) for v in removed.values()))
 
     def _sync(self) -> None:
@@ -203,7 +208,3 @@ class SoftPruning(keras.callbacks.Callback):
         for variable, keep in self._masks:
             variable.assign(keras.ops.where(keep, variable.value, keras.ops.zeros_like(variable.value)))
 
-
-def _variable_masks(graph: ChannelGraph, selection) -> list[tuple[Any, Any]]:
-    """(variable, keep mask) for every weight the selection zeroes (as `mask_filters` does)."""
-    return [(v, keras.ops.convert_to_tensor(m)) for v, m in keep_masks(make_plan(graph, selection))]

@@ -18,30 +18,30 @@ from keras import tree
 
 from kerasprune import _keras
 from kerasprune.errors import PruningError
-from kerasprune.graph import ChannelGraph, LayerRecord, analyze, functional_of
+from kerasprune.graph import CallRecord, ChannelGraph, LayerRecord, functional_of, graph_for
 from kerasprune.plan import Plan, make_plan
 from kerasprune.rules.base import NodeIO
 
 log = logging.getLogger(__name__)
 
 
-def _io(plan: Plan, rec: LayerRecord, call) -> NodeIO:
-    ins, outs, _, out_axes = call
+def _io(plan: Plan, call: CallRecord) -> NodeIO:
     return NodeIO(
-        inputs=[None if a is None else plan.keep(a) for a in ins],
-        outputs=[None if a is None else plan.keep(a) for a in outs],
-        out_axes=list(out_axes),
+        inputs=[None if a is None else plan.keep(a) for a in call.inputs],
+        outputs=[None if a is None else plan.keep(a) for a in call.outputs],
+        in_axes=list(call.in_axes),
+        out_axes=list(call.out_axes),
     )
 
 
-def _new_config(plan: Plan, rec: LayerRecord, layer) -> dict:
+def new_config(plan: Plan, rec: LayerRecord | None, layer) -> dict:
+    """The config of `layer` in the model `plan` builds (its rule's `rebuild_config`)."""
     config = layer.get_config()
     if rec is None or rec.rule is None or rec.barrier or not rec.calls:
         return config
-    atoms = [a for call in rec.calls for a in call[0] + call[1] if a is not None]
-    if not plan.touches(atoms):
+    if not plan.touches([a for call in rec.calls for a in call.atoms()]):
         return config
-    ios = [_io(plan, rec, call) for call in rec.calls]
+    ios = [_io(plan, call) for call in rec.calls]
     counts = {tuple(None if k is None else int(k.sum()) for k in io.inputs + io.outputs) for io in ios}
     if len(counts) > 1:
         raise PruningError(
@@ -132,7 +132,7 @@ def rebuild(plan: Plan) -> keras.Model:
             # The config comes from the caller's live model, not from a file: a `Lambda`'s
             # Python function may be rebuilt (Keras refuses it in its default safe mode).
             with _keras.trusted_deserialization():
-                new = layer.__class__.from_config(_new_config(plan, rec, layer))
+                new = layer.__class__.from_config(new_config(plan, rec, layer))
             if getattr(layer, "weights", None):
                 _defer_initializers(new, swapped)
             pairs.append((layer, new, rec))
@@ -162,7 +162,7 @@ def rebuild(plan: Plan) -> keras.Model:
 
 
 def remove_filters(
-    model, selection: Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
+    model, selection: Plan | Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
 ) -> keras.Model:
     """Return a new, smaller model without the selected filters.
 
@@ -175,7 +175,8 @@ def remove_filters(
         model: A built Functional or Sequential `keras.Model`.
         selection: `{layer or layer name: indices}` where indices is a sequence
             of ints (negatives allowed) or a boolean mask of the layer's width
-            (True = remove). A `kerasprune.Selection` works as is.
+            (True = remove). A `kerasprune.Selection` or a `kerasprune.Plan`
+            (from `make_plan`, `select`, `sensitivity`) works as is.
         graph: A `ChannelGraph` of `model` to reuse (from `analyze`).
         channelwise: Names of layers (e.g. `Lambda`s) to treat as element-wise,
             as in `analyze`; used when `graph` is not given.
@@ -192,9 +193,9 @@ def remove_filters(
     Example:
         >>> smaller = kerasprune.remove_filters(model, {"conv2d_1": [4, 7]})
     """
-    graph = graph if graph is not None else analyze(model, channelwise=channelwise)
-    if graph.model is not model:
-        raise PruningError("graph was built for a different model")
+    if isinstance(selection, Plan) and graph is None:
+        graph = selection.graph
+    graph = graph_for(model, graph, channelwise=channelwise)
     plan = make_plan(graph, selection)
     new_model = rebuild(plan)
     log.info("kerasprune.remove_filters: %s", plan.summary())

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kerasprune.graph import Builder
+    from kerasprune.builder import Builder
 
 
 class Barrier(Exception):
@@ -87,6 +87,7 @@ class NodeView:
     node: Any = None
     call: int = 0
     in_atoms: list = field(default_factory=list)
+    in_axes: list = field(default_factory=list)
 
     def rank(self, i: int = 0) -> int:
         return len(self.in_shapes[i])
@@ -120,23 +121,45 @@ def weight_index(layer, variable) -> int:
 
 
 class Rule:
-    """Base class of all rules. Subclasses implement `analyze`.
+    """Base class of all rules: how one kind of layer treats channels.
+
+    The contract (see `docs/rules.md` for worked examples):
+
+    - `analyze(view, g)` (**required**): given the channels of the layer's
+      inputs (`view.inputs`, one `Chan` per input tensor), return one `Chan`
+      per output tensor, and declare every weight axis indexed by channels
+      with `g.slice(view, weight_index, axis, atoms)`. Producers create new
+      channels with `g.produce(view, n)`; consumers read their input's
+      channels with `g.expect(view, i, axis)`. Raise `Barrier(reason)` when
+      the layer cannot carry channels through.
+    - `rebuild_config(layer, config, io)`: the config of the smaller layer,
+      given the keep masks of its inputs and outputs (`NodeIO`). Default:
+      unchanged (weightless or per-channel layers whose config holds no width).
+    - `macs(layer, in_shapes, out_shapes)`: the multiply-accumulates of one
+      call for one sample, as `[(weight variable, positions)]` (the call costs
+      `sum(positions * variable.size)`). Default: none (normalizations,
+      activations, merges). It is what FLOPs counting, FLOPs targets and the
+      data-driven criteria (which look for the layers that read channels)
+      know of the layer, so a layer that multiplies by a weight must say so.
 
     Attributes:
-        exact: `False` for layers whose outputs on kept channels change when
-            other channels are removed (normalization across channels).
+        couples_calls: For layers called at several nodes: the inputs of
+            every call are unified (one set of weights must see the same
+            channels). Weightless rules set it to False.
     """
 
-    #: Layers called at several nodes with per-channel weights must see the same
-    #: channels at every call; the analysis unifies their inputs when True.
     couples_calls: bool = True
 
-    def analyze(self, view: NodeView, g: Builder) -> list[Chan]:  # pragma: no cover
-        raise NotImplementedError
+    def analyze(self, view: NodeView, g: Builder) -> list[Chan]:  # pragma: no cover - checked at registration
+        raise NotImplementedError(f"{type(self).__name__} must implement analyze(view, g)")
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         """Return the config of the smaller layer. Default: unchanged."""
         return config
+
+    def macs(self, layer, in_shapes: list[tuple], out_shapes: list[tuple]) -> list[tuple[Any, int]]:
+        """`[(variable, positions)]`: the MACs of one call per sample. Default: none."""
+        return []
 
     # Helpers shared by subclasses -------------------------------------------------
     @staticmethod

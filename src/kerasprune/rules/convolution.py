@@ -13,6 +13,8 @@ Weight layouts (Keras 3):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from keras import layers
 
@@ -27,6 +29,12 @@ from kerasprune.rules.base import (
     weight_index,
 )
 from kerasprune.rules.registry import register_many, register_rule
+
+
+def _spatial(layer, shape) -> int:
+    """Number of spatial positions of a tensor of `shape` for `layer`'s data format."""
+    dims = shape[2:] if _data_format(layer) == "channels_first" else shape[1:-1]
+    return math.prod(int(d) for d in dims)
 
 
 def _data_format(layer) -> str:
@@ -91,6 +99,9 @@ class ConvRule(Rule):
                 )
         return {**config, "filters": n}
 
+    def macs(self, layer, in_shapes, out_shapes):
+        return [(layer.kernel, _spatial(layer, out_shapes[0]))]
+
 
 class ConvTransposeRule(Rule):
     """`Conv*Transpose`: kernel `kernel_size + (filters, in)`."""
@@ -110,6 +121,10 @@ class ConvTransposeRule(Rule):
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "filters": kept(io.outputs[0])}
 
+    def macs(self, layer, in_shapes, out_shapes):
+        # Each input position is multiplied by the whole kernel.
+        return [(layer.kernel, _spatial(layer, in_shapes[0]))]
+
 
 class DepthwiseRule(Rule):
     """`DepthwiseConv1D/2D`: channel `c` owns outputs `c*m ... c*m+m-1`."""
@@ -124,6 +139,9 @@ class DepthwiseRule(Rule):
         if layer.use_bias:
             g.slice(view, weight_index(layer, layer.bias), 0, out)
         return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+
+    def macs(self, layer, in_shapes, out_shapes):
+        return [(layer.kernel, _spatial(layer, out_shapes[0]))]
 
 
 class SeparableRule(Rule):
@@ -146,6 +164,10 @@ class SeparableRule(Rule):
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "filters": kept(io.outputs[0])}
 
+    def macs(self, layer, in_shapes, out_shapes):
+        n = _spatial(layer, out_shapes[0])
+        return [(layer.depthwise_kernel, n), (layer.pointwise_kernel, n)]
+
 
 class DenseRule(Rule):
     """`Dense` on the last axis of a tensor of any rank (ConvNeXt uses 4-D)."""
@@ -167,6 +189,9 @@ class DenseRule(Rule):
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "units": kept(io.outputs[0])}
+
+    def macs(self, layer, in_shapes, out_shapes):
+        return [(layer.kernel, math.prod(int(d) for d in out_shapes[0][1:-1]))]
 
 
 class EmbeddingRule(Rule):

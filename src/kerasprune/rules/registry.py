@@ -39,10 +39,26 @@ def register_rule(layer_class: type, rule: Rule | None = None):
             return rule_cls
 
         return decorator
-    if not isinstance(rule, Rule):
-        raise TypeError(f"register_rule expects a kerasprune Rule. Received: {rule!r}")
+    check_rule(rule)
     _RULES[layer_class] = rule
     return rule
+
+
+def check_rule(rule) -> None:
+    """Raise `TypeError` naming what is missing when `rule` does not keep the rule contract."""
+    if not isinstance(rule, Rule):
+        raise TypeError(
+            f"register_rule expects an instance of kerasprune.Rule (or a subclass such as ChannelParams, "
+            f"Elementwise, CouplerRule). Received: {rule!r}"
+        )
+    if type(rule).analyze is Rule.analyze:
+        raise TypeError(
+            f"Rule {type(rule).__name__} does not implement analyze(view, g), the one method every rule "
+            "needs (see docs/rules.md)"
+        )
+    for name in ("analyze", "rebuild_config", "macs"):
+        if not callable(getattr(rule, name, None)):
+            raise TypeError(f"Rule {type(rule).__name__}.{name} must be a method. Received: {getattr(rule, name)!r}")
 
 
 def unregister_rule(layer_class: type) -> None:

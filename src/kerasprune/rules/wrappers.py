@@ -54,6 +54,7 @@ class TimeDistributedRule(Rule):
         )
         outs = rule.analyze(inner_view, g)
         view.in_atoms[:] = inner_view.in_atoms
+        view.in_axes[:] = [None if a is None else a + 1 for a in inner_view.in_axes]
         return [_shift(c, 1) for c in outs]
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
@@ -70,6 +71,14 @@ class TimeDistributedRule(Rule):
         # The inner layer must be built by the wrapper for its new input shape.
         serialized.pop("build_config", None)
         return {**config, "layer": serialized}
+
+    def macs(self, layer, in_shapes, out_shapes):
+        rule = find_rule(layer.layer)
+        if rule is None:
+            return []
+        steps = int(in_shapes[0][1])
+        drop = lambda shapes: [s[:1] + s[2:] for s in shapes]  # noqa: E731
+        return [(v, n * steps) for v, n in rule.macs(layer.layer, drop(in_shapes), drop(out_shapes))]
 
 
 class LambdaRule(Rule):
