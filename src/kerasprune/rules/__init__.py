@@ -10,7 +10,19 @@ from kerasprune.rules import merging as _merging  # noqa: F401
 from kerasprune.rules import normalization as _normalization  # noqa: F401
 from kerasprune.rules import reshaping as _reshaping  # noqa: F401
 from kerasprune.rules import wrappers as _wrappers  # noqa: F401
-from kerasprune.rules.base import Barrier, Chan, NodeIO, NodeView, Rule, WeightSlice
+from kerasprune.rules.base import (
+    Barrier,
+    Chan,
+    NodeIO,
+    NodeView,
+    Rule,
+    WeightSlice,
+    channel_axis,
+    compress_list,
+    kept,
+    norm_axis,
+    weight_index,
+)
 from kerasprune.rules.merging import ConcatenateRule, CouplerRule, OpRule
 from kerasprune.rules.normalization import ChannelParams
 from kerasprune.rules.registry import find_rule, register_rule, registered, unregister_rule
@@ -29,8 +41,13 @@ __all__ = [
     "Rule",
     "SpatialRule",
     "WeightSlice",
+    "channel_axis",
+    "compress_list",
     "find_rule",
+    "kept",
+    "norm_axis",
     "register_rule",
     "registered",
     "unregister_rule",
+    "weight_index",
 ]
