@@ -25,6 +25,7 @@ from kerasprune.criteria import get_criterion, score_groups
 from kerasprune.errors import PruningError, SelectionError
 from kerasprune.flops import CostModel
 from kerasprune.graph import ChannelGraph, graph_for
+from kerasprune.groupwise import cells, lowest, removable
 from kerasprune.plan import Plan
 from kerasprune.selection import Selection, SkippedGroup
 
@@ -197,7 +198,14 @@ def select(
     for gid, why in unscored.items():
         skipped.append(SkippedGroup(gid, graph.groups[gid].layers, why))
     eligible = [g for g in eligible if g.id in scores]
-    planner = _Planner(graph, eligible, scores, round_to, min_keep)
+    cell_lists = {}
+    for g in list(eligible):
+        try:
+            cell_lists[g.id] = cells(graph, g)
+        except PruningError as e:
+            skipped.append(SkippedGroup(g.id, g.layers, str(e)))
+            eligible.remove(g)
+    planner = _Planner(graph, eligible, scores, round_to, min_keep, cell_lists)
     cost = CostModel(graph)
     if targets:
         n_remove = planner.for_targets(cost, targets)
@@ -223,7 +231,7 @@ def select(
         if goal is not None and before and after / before < goal - TARGET_SLACK:
             why = "the smallest step of the global ranking that meets it removes more"
             if round_to or min_keep > 1:
-                free = _Planner(graph, eligible, scores, None, 1)
+                free = _Planner(graph, eligible, scores, None, 1, cell_lists)
                 flat_free = free.flat(free.removal(free.for_targets(cost, targets)))
                 free_after = (cost.flops if name == "target_flops" else cost.params)(flat_free) / before
                 if free_after >= goal - TARGET_SLACK:
@@ -247,9 +255,10 @@ def select(
 class _Planner:
     """Per-group removal counts under `min_keep`/`round_to`, and global rankings."""
 
-    def __init__(self, graph, groups, scores, round_to, min_keep):
+    def __init__(self, graph, groups, scores, round_to, min_keep, cell_lists=None):
         self.graph, self.groups, self.scores = graph, groups, scores
         self.round_to, self.min_keep = round_to, min_keep
+        self.cells = dict(cell_lists or {})
         self.order = {g.id: np.argsort(scores[g.id], kind="stable") for g in groups}
         self.norm = {}
         for g in groups:
@@ -264,17 +273,13 @@ class _Planner:
         else:
             self._rank_gid = np.zeros(0, dtype=np.int64)
 
-    def constrain(self, size: int, n: int) -> int:
-        kept = max(size - int(n), self.min_keep)
-        if self.round_to:
-            kept = int(math.ceil(kept / self.round_to) * self.round_to)
-        return max(0, size - min(kept, size))
-
     def removal(self, n_remove: dict[int, int]) -> dict[int, np.ndarray]:
-        return {
-            g.id: np.sort(self.order[g.id][: self.constrain(g.size, n_remove.get(g.id, 0))])
-            for g in self.groups
-        }
+        out = {}
+        for g in self.groups:
+            cell_list = self.cells.get(g.id)
+            n = removable(g.size, n_remove.get(g.id, 0), cell_list, min_keep=self.min_keep, round_to=self.round_to)
+            out[g.id] = lowest(self.scores[g.id], 0.0, n, cell_list) if cell_list else np.sort(self.order[g.id][:n])
+        return out
 
     def below(self, t: float, normalized: bool) -> dict[int, int]:
         src = self.norm if normalized else self.scores

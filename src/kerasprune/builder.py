@@ -73,6 +73,7 @@ class Builder:
         self._blocks: list[tuple[np.ndarray, str]] = []
         self._inexact: list[tuple[np.ndarray, str]] = []
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._balance: list[tuple[list[np.ndarray], str]] = []
         self.records: dict[str, LayerRecord] = {}
         self._by_id: dict[int, str] = {}
         self._channelwise = set(channelwise)
@@ -150,11 +151,25 @@ class Builder:
         if len(atoms):
             self._inexact.append((atoms, reason))
 
-    def slice(self, view: NodeView, index: int, axis: int, atoms: np.ndarray, zero: bool = True) -> None:
+    def slice(
+        self, view: NodeView, index: int, axis: int, atoms: np.ndarray, zero: bool = True, along: int | None = None
+    ) -> None:
+        """Axis `axis` of `view.layer.weights[index]` is indexed by `atoms` (see `WeightSlice`)."""
         if view.call:
             return
         rank = len(view.layer.weights[index].shape)
-        self.records[view.key].slices.append(WeightSlice(index, norm_axis(axis, rank), atoms, zero))
+        along = None if along is None else norm_axis(along, rank)
+        self.records[view.key].slices.append(WeightSlice(index, norm_axis(axis, rank), atoms, zero, along))
+
+    def balance(self, blocks: list[np.ndarray], reason: str) -> None:
+        """The channels of every block must lose the same number (a grouped conv's groups).
+
+        `reason` names the layer and says why; a plan that removes unequal numbers is
+        refused with it, and `select` removes the same number from every block.
+        """
+        blocks = [np.asarray(b, dtype=np.int64) for b in blocks]
+        if len(blocks) > 1:
+            self._balance.append((blocks, reason))
 
     # -- graph walk ------------------------------------------------------------------
     def walk(self, fn, inputs: list[Chan], prefix: str) -> list[Chan]:

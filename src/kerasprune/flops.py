@@ -170,7 +170,7 @@ class CostModel:
         for key in graph.order:
             rec = graph.records[key]
             for i, v in enumerate(rec.layer.weights):
-                axes = [self._flat(s.atoms) for s in rec.slices if s.index == i]
+                axes = [self._flat(s.atoms.reshape(-1)) for s in rec.slices if s.index == i]
                 var_axes.setdefault(id(v), axes)
                 if axes:
                     p_terms.append((math.prod(int(d) for d in v.shape), axes))

@@ -23,9 +23,28 @@ from kerasprune.errors import PruningError, SelectionError, describe
 from kerasprune.rules.base import Chan, WeightSlice
 from kerasprune.traversal import functional_of, run_graph
 
-__all__ = ["CallRecord", "ChannelGraph", "Group", "LayerRecord", "analyze", "graph_for", "functional_of", "run_graph"]
+__all__ = ["Balance", "CallRecord", "ChannelGraph", "Group", "LayerRecord", "analyze", "graph_for", "functional_of", "run_graph"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Blocks of channels that must lose the same number of channels each.
+
+    Attributes:
+        blocks: Flat channel indices of each block (see `ChannelGraph.flat_index`).
+        groups: Ids of the groups the blocks' channels belong to.
+        reason: Which layer asks for it, and why.
+    """
+
+    blocks: tuple[np.ndarray, ...]
+    groups: tuple[int, ...]
+    reason: str
+
+    def counts(self, removed_flat: np.ndarray) -> list[int]:
+        """Channels each block loses under a flat removal mask."""
+        return [int(np.count_nonzero(removed_flat[b])) for b in self.blocks]
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,14 @@ class ChannelGraph:
         )
         self._all_groups = tuple(sorted(self._all_groups, key=lambda g: g.id))
         self.groups = self._all_groups[: self.n_public]
+        self.balances: tuple[Balance, ...] = tuple(
+            Balance(
+                tuple(self.flat_index(b) for b in blocks),
+                tuple(sorted(set(np.unique(self.atom_group[np.concatenate(blocks)]).tolist()))),
+                why,
+            )
+            for blocks, why in builder._balance
+        )
 
     # -- lookups ---------------------------------------------------------------------
     def key_of(self, layer) -> str:
@@ -231,6 +258,11 @@ class ChannelGraph:
                     continue
                 if _reads_channels(rec, call):
                     yield key, i, atoms, call.in_axes[0]
+
+    def balances_of(self, group: Group | int) -> tuple[Balance, ...]:
+        """The balance constraints that involve `group`'s channels."""
+        gid = group if isinstance(group, int) else group.id
+        return tuple(b for b in self.balances if gid in b.groups)
 
     def slices(self, group: Group | int) -> list[tuple[str, WeightSlice, np.ndarray]]:
         """Weights indexed by `group`'s channels: (layer key, slice, channel per position or -1)."""

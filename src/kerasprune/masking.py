@@ -40,9 +40,16 @@ def keep_masks(plan: Plan) -> list[tuple[Any, np.ndarray]]:
                 continue
             variable = plan.graph.records[key].layer.weights[s.index]
             entry = masks.setdefault(id(variable), (variable, np.ones(tuple(variable.shape), dtype=bool)))
-            index = [slice(None)] * len(variable.shape)
-            index[s.axis] = np.flatnonzero(gone)
-            entry[1][tuple(index)] = False
+            if s.along is None:
+                index = [slice(None)] * len(variable.shape)
+                index[s.axis] = np.flatnonzero(gone)
+                entry[1][tuple(index)] = False
+            else:  # a 2-D pattern over (axis, along), broadcast over the other axes
+                shape = [1] * len(variable.shape)
+                shape[s.axis], shape[s.along] = gone.shape
+                order = np.argsort([s.axis, s.along])
+                pattern = np.transpose(gone, order) if s.axis > s.along else gone
+                entry[1][...] &= ~np.broadcast_to(pattern.reshape(shape), entry[1].shape)
     return list(masks.values())
 
 

@@ -322,6 +322,16 @@ def _finish(graph: ChannelGraph, removed_flat: np.ndarray, touched: dict[int, se
                     f"({type(graph.records[key].layer).__name__}) through group {gid} "
                     f"(selected through {sorted(touched[gid])}); at least one must remain"
                 )
+    for b in graph.balances:
+        if not any(gid in removed for gid in b.groups):
+            continue
+        counts = b.counts(removed_flat)
+        if len(set(counts)) > 1:
+            raise PruningError(
+                f"{b.reason}: every group must lose the same number of channels, but the selection "
+                f"removes {counts} (one count per group); remove whole per-group slots or the same number "
+                "from each group"
+            )
     plan = Plan(graph, removed, atom_removed)
     if plan.is_empty:
         log.debug("kerasprune: empty selection, nothing to remove")

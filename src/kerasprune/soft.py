@@ -31,7 +31,7 @@ from kerasprune.criteria import score as _score
 from kerasprune.errors import PruningError
 from kerasprune.flops import CostModel
 from kerasprune.graph import ChannelGraph, analyze
-from kerasprune.groupwise import choose_groups, lowest, scored
+from kerasprune.groupwise import cells, choose_groups, lowest, scored
 from kerasprune.masking import keep_masks
 from kerasprune.plan import Plan
 from kerasprune.selection import Selection
@@ -139,7 +139,13 @@ class SoftPruning(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self._graph is None or self._graph.model is not self.model:
             self._graph = analyze(self.model, channelwise=self.channelwise)
-            self._chosen = choose_groups(self._graph, self.groups)
+            self._chosen, self._cells = [], {}
+            for g in choose_groups(self._graph, self.groups):
+                try:
+                    self._cells[g.id] = cells(self._graph, g)
+                    self._chosen.append(g)
+                except PruningError as e:
+                    log.warning("SoftPruning: group %d (%s) left out: %s", g.id, ", ".join(g.layers), e)
             self._cost = CostModel(self._graph)
             self._order = {}
 
@@ -188,7 +194,7 @@ class SoftPruning(keras.callbacks.Callback):
             )
             self._chosen = scored(self._chosen, scores, self.criterion)
             self._order = {g.id: np.asarray(scores[g.id], dtype=np.float64) for g in self._chosen}
-        removed = {gid: lowest(s, ratio) for gid, s in self._order.items()}
+        removed = {gid: lowest(s, ratio, cell_list=self._cells.get(gid)) for gid, s in self._order.items()}
         plan = Plan.from_groups(self._graph, {g: r for g, r in removed.items() if len(r)})
         name = getattr(self.criterion, "__name__", str(self.criterion))
         self.selection = Selection.from_plan(plan, criterion=name, scores=self._order, cost=self._cost)

@@ -63,14 +63,27 @@ def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list:
     weights: list = [keras.ops.copy(v.value) for v in variables]
     if rec is None:
         return weights
-    for s in rec.slices:
+    # Grouped slices first: their 2-D pattern refers to the full `along` axis, which a
+    # plain slice of the same variable (a grouped conv's own filters) then compresses.
+    for s in sorted(rec.slices, key=lambda s: s.along is None):
         keep = plan.keep(s.atoms)
         if not keep.all():
             arr = weights[s.index]
             if not isinstance(arr, np.ndarray):
                 arr = keras.ops.convert_to_numpy(arr)
-            weights[s.index] = np.compress(keep, arr, axis=s.axis)
+            weights[s.index] = np.compress(keep, arr, axis=s.axis) if s.along is None else _compress_along(arr, keep, s)
     return weights
+
+
+def _compress_along(arr: np.ndarray, keep: np.ndarray, s) -> np.ndarray:
+    """Keep, for every position of `s.along`, its own kept positions of `s.axis`."""
+    n = np.count_nonzero(keep, axis=0)
+    if len(set(n.tolist())) != 1:  # pragma: no cover - the plan's balance check refuses this
+        raise PruningError(f"unequal removal along axis {s.along}: kept {sorted(set(n.tolist()))}")
+    moved = np.moveaxis(arr, (s.axis, s.along), (-2, -1))
+    rows = np.argsort(~keep, axis=0, kind="stable")[: int(n[0])]  # kept rows, in order, per column
+    index = np.broadcast_to(rows, moved.shape[:-2] + rows.shape)
+    return np.moveaxis(np.take_along_axis(moved, index, axis=-2), (-2, -1), (s.axis, s.along))
 
 
 _CHEAP_INIT = keras.initializers.Zeros()

@@ -72,7 +72,9 @@ class ScoringContext:
         out = []
         for key, s, chan in self.graph.slices(group):
             rec = self.graph.records[key]
-            if key not in group.layers or rec.produces is None or not np.array_equal(s.atoms, rec.produces):
+            if s.along is not None or key not in group.layers or rec.produces is None:
+                continue
+            if not np.array_equal(s.atoms, rec.produces):
                 continue
             w = self.weight(key, s.index)
             if w.ndim >= 2:

@@ -64,15 +64,24 @@ class WeightSlice:
     Attributes:
         index: Position of the variable in `layer.weights`.
         axis: Axis of that variable indexed by channels.
-        atoms: Atom of each position along `axis`.
+        atoms: Atom of each position along `axis`; with `along`, a 2-D array
+            `(positions along axis, positions along along)`: position `p` of
+            `axis` means a different channel at each position of `along`.
         zero: Whether masking zeroes the removed positions (kernels, biases,
             BN gamma/beta) or leaves them (BN moving statistics).
+        along: For grouped kernels: the axis along which the meaning of `axis`
+            changes (a grouped conv's row `p` is a different input channel for
+            each group of output filters). Removal keeps, for each position of
+            `along`, its own kept positions of `axis`; every position of
+            `along` must keep the same number (the plan checks it through the
+            balance constraint the rule declares with `g.balance`).
     """
 
     index: int
     axis: int
     atoms: np.ndarray
     zero: bool = True
+    along: int | None = None
 
 
 @dataclass

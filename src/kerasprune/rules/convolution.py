@@ -74,7 +74,13 @@ class ConvRule(Rule):
             return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
         out = g.produce(view, layer.filters)
         if groups > 1:
-            g.block(ins, f"grouped convolution '{view.key}' (groups={groups}) cannot lose input channels")
+            # Row p of the kernel is input channel `group * in_per + p` for the filters of `group`.
+            in_per, out_per = len(ins) // groups, layer.filters // groups
+            per_group = ins.reshape(groups, in_per)
+            g.slice(view, k, -2, per_group[np.arange(layer.filters) // out_per].T, along=-1)
+            what = f"Layer '{view.key}' ({type(layer).__name__}) has groups={groups}"
+            g.balance(list(per_group), f"{what} (input channels of each group)")
+            g.balance(list(out.reshape(groups, out_per)), f"{what} (filters of each group)")
         else:
             g.slice(view, k, -2, ins)
         g.slice(view, k, -1, out)

@@ -138,6 +138,11 @@ class GroupNormRule(ChannelParams):
                 g.slice(view, weight_index(layer, var), 0, atoms)
         if layer.groups != len(atoms):
             g.inexact(atoms, f"'{view.key}' (GroupNormalization) normalizes across channels")
+            g.balance(
+                list(atoms.reshape(layer.groups, -1)),
+                f"Layer '{view.key}' (GroupNormalization) has groups={layer.groups} (its channels must stay "
+                "divisible by it)",
+            )
         return [Chan(axis, atoms)]
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
