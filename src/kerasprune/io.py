@@ -251,6 +251,9 @@ def save_model(
     Raises:
         ModelSaveError: wrong extension, `path` is `source`, or `path` exists
             and `overwrite` is False.
+
+    Example:
+        >>> kerasprune.save_model(smaller, "pruned.keras")  # refuses to replace an existing file
     """
     path = Path(path)
     if path.suffix != ".keras":
