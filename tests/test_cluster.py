@@ -35,6 +35,23 @@ def lambda_model():
     return model
 
 
+class ChannelScale(keras.layers.Layer):
+    """A user's per-channel scale, defined here and not registered for serialization."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(self.channels,), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
 def mean_output(model):
     return float(np.mean(keras.ops.convert_to_numpy(model(X))))
 
@@ -47,7 +64,7 @@ def metrics(result):
 def dask_client():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
     )
     client = distributed.Client(cluster)
     yield client
@@ -95,6 +112,21 @@ def test_joblib_dask_config_is_picked_up_with_shared_cache_and_progress(dask_cli
     assert len(json.loads(cache.read_text())["results"]) == 1 + 2 * len(RATIOS)  # written by the driver
     text = caplog.text
     assert "2 tasks on dask" in text and "sensitivity: 2/2 done" in text  # only the missing 0.25 ratios ran
+
+
+def test_custom_layer_and_the_rule_registered_in_the_driver_reach_the_workers(dask_client):
+    i = keras.Input((4, 4, 3))
+    x = ChannelScale(8, name="scale")(L.Conv2D(8, 1, name="c1")(i))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="c2")(x))
+    model = keras.Model(i, L.Dense(1, name="head")(x))
+    randomize_weights(model, 4)
+    kp.register_rule(ChannelScale, kp.ChannelParams(("scale",), config_key="channels"))  # only here
+    try:
+        expected = kp.sensitivity(model, mean_output, ratios=[0.5], progress=False)
+        result = kp.sensitivity(model, mean_output, ratios=[0.5], backend=dask_client, progress=False)
+    finally:
+        kp.unregister_rule(ChannelScale)
+    assert expected.groups == (0, 1) and metrics(result) == metrics(expected)
 
 
 def test_declared_lambda_scans_on_local_workers_too():

@@ -4,7 +4,10 @@
 `ModelLoadError` that says what is wrong and what to do about it. `save_model`
 writes `.keras` files atomically (a temporary file in the target directory,
 then `os.replace`), never over an existing file unless asked, and never over
-the file the model came from.
+the file the model came from. `atomic_path` / `write_text` are the library's one
+atomic writer. `model_to_bytes` / `model_from_bytes` carry a live model to worker
+processes (parallel scans); `model_fingerprint` identifies a model's architecture
+and weights (cache keys).
 """
 
 from __future__ import annotations
