@@ -89,9 +89,22 @@ class Engine:
 def resolve_engine(backend: Any = None, n_jobs: int | None = None) -> Engine:
     """The engine for a `backend=` / `n_jobs=` pair (see the module docs).
 
+    Args:
+        backend: None (an active joblib `parallel_config` for Dask/Ray, else the
+            local pool), `"loky"`, `"multiprocessing"`, `"threading"`,
+            `"sequential"`, `"dask"`, a `distributed.Client`, or `"ray"`.
+        n_jobs: Workers of a local pool (`-1`: one per CPU; None: the active
+            `parallel_config`'s, else 1). Ignored, with a warning, by Dask and Ray.
+
+    Returns:
+        An `Engine`; `kind == "serial"` runs in this process.
+
     Raises:
         PruningError: an unknown backend, an engine that is not installed, or
             `backend="dask"` with no Dask client to use.
+
+    Example:
+        >>> engine = kerasprune.parallel.resolve_engine(distributed.Client("tcp://host:8786"))
     """
     if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0):
         raise PruningError(f"n_jobs must be a non-zero integer or None. Received: n_jobs={n_jobs!r}")
@@ -132,6 +145,21 @@ def run_tasks(
 
     The order of the results is the order in which they finish. The first failing
     task raises its exception here; pending tasks are then cancelled.
+
+    Args:
+        work: What to run (`Work`); its `evaluate` and `setup` must be importable
+            module-level functions.
+        tasks: Task key -> the task's argument (small: sent with each task).
+        engine: From `resolve_engine`.
+        progress: Show a rich progress bar on stderr.
+        description: Label of the bar and of the `INFO` log lines (every tenth).
+
+    Returns:
+        An iterator of `(key, result)` pairs.
+
+    Example:
+        >>> for key, value in run_tasks(work, tasks, resolve_engine("dask")):
+        ...     store.put(key, value)
     """
     if not tasks:
         return
