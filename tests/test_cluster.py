@@ -142,10 +142,10 @@ def test_declared_lambda_scans_on_local_workers_too():
 def test_worker_whose_analysis_differs_is_named():
     model = lambda_model()
     graph = kp.analyze(model, channelwise=["lam"])
-    shared = _shared(model, graph, list(graph.prunable_groups), [], mean_output, None, None)
-    assert shared["channelwise"] == ["lam"]  # taken from the graph
+    shared = _shared(model, graph, list(graph.prunable_groups), mean_output, None, None)
+    assert list(shared["options"]["channelwise"]) == ["lam"]  # taken from the graph
     _setup_worker(shared)  # consistent: no error
-    shared["channelwise"] = []  # a worker that does not know the declaration
+    shared["options"] = {}  # a worker that does not know the declaration
     with pytest.raises(kp.PruningError, match=r"worker's analysis .* differs .* group 0 is \('c1',\)"):
         _setup_worker(shared)
 

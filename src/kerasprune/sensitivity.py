@@ -33,7 +33,7 @@ from kerasprune import _keras
 from kerasprune.cache import EvaluationCache
 from kerasprune.criteria import score as _score
 from kerasprune.errors import PruningError, SelectionError
-from kerasprune.graph import ChannelGraph, analyze
+from kerasprune.graph import ChannelGraph, analyze, graph_for
 from kerasprune.groupwise import choose_groups, group_selection, lowest, producers, scored
 from kerasprune.io import atomic_path, model_fingerprint, model_from_bytes, model_to_bytes
 from kerasprune.parallel import Work, resolve_engine, run_tasks
@@ -239,8 +239,9 @@ def sensitivity(
             resumes (on any engine).
         progress: Show a progress bar (rich) while evaluating.
         graph: A `ChannelGraph` of `model` to reuse.
-        channelwise: Layer names to treat as element-wise (as for `analyze`); names
-            declared in `graph` are kept. Workers analyze with the same names.
+        channelwise: Layer names to treat as element-wise (as for `analyze`); must
+            agree with `graph`'s if both are given. Workers analyze with the options
+            of the driver's graph.
 
     Returns:
         A `SensitivityResult` (`.table()`, `.to_dict()`, `.plot(path)`, `.plan(tol)`).
@@ -257,9 +258,7 @@ def sensitivity(
     ratios = _check_ratios(ratios)
     metric_name, mode = _metric_name_mode(metric, mode, val_data, model)
     engine = resolve_engine(backend, n_jobs)
-    graph = graph if graph is not None else analyze(model, channelwise=channelwise)
-    if graph.model is not model:
-        raise PruningError("graph was built for a different model")
+    graph = graph_for(model, graph, channelwise=channelwise)
     chosen = choose_groups(graph, groups)
     scores = _score(model, criterion, data=data, loss=loss, seed=seed, graph=graph)
     chosen = scored(chosen, scores, criterion)
@@ -287,7 +286,7 @@ def sensitivity(
     work = Work(
         evaluate=_evaluate,
         setup=_setup_worker,
-        shared=lambda: _shared(model, graph, chosen, channelwise, metric, val_data, compile_config),
+        shared=lambda: _shared(model, graph, chosen, metric, val_data, compile_config),
         local=lambda: _Context(model, graph, metric, val_data, compile_config),
     )
     try:
@@ -353,17 +352,15 @@ def _evaluate(ctx: _Context, selection: Mapping) -> float:
         raise PruningError(f"The metric must return a number. Received: {value!r}"[:200]) from None
 
 
-def _shared(model, graph, chosen, channelwise, metric, val_data, compile_config) -> dict:
+def _shared(model, graph, chosen, metric, val_data, compile_config) -> dict:
     """Everything a worker needs, sent once: the model as `.keras` bytes and the analysis options."""
     layers = [rec.layer for rec in graph.records.values()]
     custom = [type(op) for op in [model, *layers] if type(op).__module__.split(".")[0] != "keras"]
-    # names declared `channelwise` when `graph` was built: their rule is not the registry's
-    declared = {k for k, rec in graph.records.items() if rec.rule not in (None, find_rule(rec.layer))}
     return {
         "model": model_to_bytes(model),
         "custom_objects": {n: c for c in custom for n in (keras.saving.get_registered_name(c), c.__name__)},
         "rules": [(c, find_rule(op)) for c, op in {type(op): op for op in layers}.items() if c in custom],
-        "channelwise": sorted(set(channelwise) | declared),
+        "options": dict(graph.options),  # `channelwise`, as the driver's graph was built
         "groups": [(g.id, g.layers, g.size) for g in chosen],
         "metric": metric,
         "val_data": val_data,
@@ -378,7 +375,7 @@ def _setup_worker(shared: dict) -> _Context:
         if rule is not None and not any(c in known for c in cls.__mro__):
             register_rule(cls, rule)  # a rule the driver registered, e.g. in a notebook
     model = model_from_bytes(shared["model"], custom_objects=shared["custom_objects"])
-    graph = analyze(model, channelwise=shared["channelwise"])
+    graph = analyze(model, **shared["options"])
     for gid, layers, size in shared["groups"]:
         got = graph.groups[gid] if gid < len(graph.groups) else None
         if got is None or got.layers != layers or got.size != size or not got.prunable:
