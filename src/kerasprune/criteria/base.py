@@ -19,6 +19,7 @@ import numpy as np
 
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, Group, graph_for
+from kerasprune.replicas import mean_across_workers
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,8 @@ def score_groups(
             skipped[gid] = f"criterion '{crit.name}': {s.reason}"
         else:
             scores[gid] = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=0.0)
+    if crit.needs_data:  # each worker of a multi-worker job read its own shard: agree on the mean
+        scores = mean_across_workers(scores, graph.model)
     return scores, skipped
 
 
