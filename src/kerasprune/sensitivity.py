@@ -20,7 +20,6 @@ scan resumes where it stopped, on any engine.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +33,10 @@ from kerasprune.cache import EvaluationCache
 from kerasprune.criteria import score as _score
 from kerasprune.errors import PruningError, SelectionError
 from kerasprune.graph import ChannelGraph, analyze, graph_for
-from kerasprune.groupwise import choose_groups, group_selection, lowest, producers, scored
+from kerasprune.groupwise import cells, choose_groups, lowest, scored
 from kerasprune.io import atomic_path, model_fingerprint, model_from_bytes, model_to_bytes
 from kerasprune.parallel import Work, resolve_engine, run_tasks
+from kerasprune.plan import Plan
 from kerasprune.rules import find_rule, register_rule, registered
 from kerasprune.selection import Selection
 from kerasprune.surgery import remove_filters
@@ -81,7 +81,7 @@ class SensitivityResult:
         metric_name: Name of the metric.
         mode: `"max"` when higher metric values are better, else `"min"`.
         scores: Group id -> channel scores used for the ranking (higher = kept longer).
-        producers: Group id -> ((layer, group channel of each output position), ...).
+        graph: The analysis of the scanned model (`plan` builds its plans on it).
     """
 
     baseline: float
@@ -90,7 +90,7 @@ class SensitivityResult:
     metric_name: str
     mode: str
     scores: Mapping[int, np.ndarray] = field(repr=False)
-    producers: Mapping[int, tuple[tuple[str, np.ndarray], ...]] = field(repr=False)
+    graph: ChannelGraph = field(repr=False, compare=False)
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -155,12 +155,13 @@ class SensitivityResult:
                 (e.g. `0.01` for one accuracy point).
 
         Returns:
-            A `kerasprune.Selection` for the analyzed model, accepted by
-            `remove_filters` and `mask_filters`.
+            A `kerasprune.Selection` for the analyzed model (with its `Plan`, groups and
+            MACs/params before -> after), accepted by `remove_filters` and `mask_filters`.
         """
         ratios = self.ratios_for(tolerance)
-        removed = {gid: lowest(self.scores[gid], ratio) for gid, ratio in ratios.items() if ratio > 0}
-        return Selection(group_selection(self.producers, removed), criterion=self.criterion)
+        removed = {gid: _lowest(self.graph, gid, self.scores[gid], ratio) for gid, ratio in ratios.items()}
+        plan = Plan.from_groups(self.graph, {gid: r for gid, r in removed.items() if len(r)})
+        return Selection.from_plan(plan, criterion=self.criterion, scores=self.scores, groups=list(self.groups))
 
     def plot(self, path: str | os.PathLike, *, title: str | None = None) -> str:
         """Save per-group curves (metric vs removed fraction) as a PNG; returns the path."""
@@ -262,7 +263,6 @@ def sensitivity(
     chosen = choose_groups(graph, groups)
     scores = _score(model, criterion, data=data, loss=loss, seed=seed, graph=graph)
     chosen = scored(chosen, scores, criterion)
-    channels = {g.id: producers(graph, g) for g in chosen}
     crit_name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
 
     store = EvaluationCache(cache, model_fingerprint(model), f"{crit_name}|{metric_name}")
@@ -273,11 +273,12 @@ def sensitivity(
     for g in chosen:
         s = np.asarray(scores[g.id])
         for ratio in ratios:
-            n = min(int(math.floor(ratio * g.size + 1e-9)), g.size - 1)
+            chans = _lowest(graph, g.id, s, ratio)
+            n = len(chans)
             key = f"g{g.id}:r{ratio:.6g}"
             layout.append((g.id, ratio, n, key))
             if n > 0 and key not in store:
-                tasks[key] = group_selection(channels, {g.id: lowest(s, n / g.size, n)})
+                tasks[key] = Plan.from_groups(graph, {g.id: chans}).to_selection()
     base_key = "baseline"
     if base_key not in store:
         tasks = {base_key: {}, **tasks}
@@ -310,8 +311,18 @@ def sensitivity(
         metric_name=metric_name,
         mode=mode,
         scores={g.id: np.asarray(scores[g.id]) for g in chosen},
-        producers=channels,
+        graph=graph,
     )
+
+
+def _lowest(graph: ChannelGraph, gid: int, scores: np.ndarray, ratio: float) -> np.ndarray:
+    """The lowest-scoring `floor(ratio * size)` channels of a group (balanced where it must be)."""
+    group = graph._all_groups[gid]
+    try:
+        cell_list = cells(graph, group)
+    except PruningError:
+        cell_list = None  # unbalanceable group: its plans are refused by the plan's own check
+    return lowest(scores, ratio, cell_list=cell_list)
 
 
 # -- evaluation (in this process or in a worker) ---------------------------------------
