@@ -100,8 +100,17 @@ AFTER = {
 }
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("name", AFTER)
+#: re-run on JAX and PyTorch (one per kernel layout; JAX compiles every eager op, so not all)
+ON_EVERY_BACKEND = {"conv2d_grouped", "conv3d_channels_first", "depthwise2d_multiplier", "separable1d",
+                    "conv2d_transpose", "dense_on_4d", "conv2d_grouped_valid", "depthwise_valid",
+                    "separable_valid", "dense"}
+
+
+def _params(names):
+    return [pytest.param(n, marks=[pytest.mark.backend] if n in ON_EVERY_BACKEND else [], id=n) for n in names]
+
+
+@pytest.mark.parametrize("name", _params(AFTER))
 def test_fold_after_each_layer_type(name):
     folded = check_fold(AFTER[name](), 1)
     absorbing = next(la for la in flat(folded) if isinstance(la, TARGETS))
@@ -128,12 +137,12 @@ BEFORE = {
 }
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("name", BEFORE)
+@pytest.mark.parametrize("name", _params(BEFORE))
 def test_fold_before_a_layer_without_zero_border(name):
     check_fold(BEFORE[name](), 1)
 
 
+@pytest.mark.backend
 def test_conv_bn_bn_chain_folds_completely_and_layer_scale_folds():
     i = keras.Input((8, 8, 3))
     x = L.BatchNormalization()(L.BatchNormalization()(L.Conv2D(4, 3, use_bias=False)(i)))
@@ -174,9 +183,10 @@ def training_call():
     return finish(i, L.BatchNormalization()(L.Conv2D(4, 3)(i), training=True))
 
 
-@pytest.mark.backend
 @pytest.mark.parametrize(
-    "builder", [two_consumers, shared_conv, activation_between, other_axis, same_padding_after, training_call]
+    "builder",
+    [pytest.param(two_consumers, marks=pytest.mark.backend), shared_conv, activation_between, other_axis,
+     pytest.param(same_padding_after, marks=pytest.mark.backend), training_call],
 )
 def test_inexact_or_unknown_cases_are_left_unfolded(builder):
     model = builder()
@@ -267,6 +277,7 @@ def test_folded_model_saves_and_loads_without_kerasprune(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.backend
 def test_refuses_models_it_cannot_rebuild():
     class Sub(keras.Model):
         def call(self, x):
