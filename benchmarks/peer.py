@@ -414,7 +414,7 @@ def main() -> int:
     ap.add_argument("--batches", nargs="*", type=int, default=[16, 1])
     ap.add_argument("--reps", type=int, default=10, help="timed rounds (batch 1: twice as many)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--clone-rounds", type=int, default=3,
+    ap.add_argument("--clone-rounds", type=int, default=5,
                     help="rounds of surgery timing (remove_filters next to clone_model; Torch-Pruning again)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="threads for every engine (default: every core; on a loaded machine, 1 keeps "
