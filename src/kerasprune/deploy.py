@@ -158,7 +158,7 @@ def _can_absorb_before(layer) -> bool:
 
 
 def _plain(layer) -> bool:
-    """Built, float, not quantized, no LoRA: weights are exactly what the layer multiplies."""
+    """Built, not quantized, no LoRA: its weights are exactly what the layer multiplies by."""
     return (
         layer.built
         and getattr(layer, "quantization_mode", None) is None
