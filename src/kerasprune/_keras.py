@@ -24,6 +24,7 @@ __all__ = [
     "Operation",
     "application_class",
     "call_arguments",
+    "export_input_signature",
     "fill_in",
     "functional_of",
     "inputs_struct",
@@ -121,6 +122,17 @@ def trusted_deserialization():
         yield
 
 
+def export_input_signature(model) -> list:
+    """The input signature `model.export` derives from a Functional or Sequential model's inputs.
+
+    Passing it explicitly lets Keras export a model that was never called (a freshly
+    loaded or rebuilt one), which its ONNX exporter otherwise refuses.
+    """
+    from keras.src.export.export_utils import get_input_signature
+
+    return get_input_signature(model)
+
+
 def missing() -> list[str]:
     """Keras internals kerasprune relies on that the installed Keras lacks (empty when all is well)."""
     out = list(_MISSING)
@@ -138,4 +150,8 @@ def missing() -> list[str]:
             out.append(f"Node.{attr}")
     if not hasattr(getattr(node, "arguments", None), "fill_in"):
         out.append("Node.arguments.fill_in")
+    try:
+        export_input_signature(fn)
+    except ImportError:
+        out.append("keras.src.export.export_utils.get_input_signature")
     return out
