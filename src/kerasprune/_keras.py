@@ -26,6 +26,7 @@ __all__ = [
     "call_arguments",
     "fill_in",
     "functional_of",
+    "inbound_nodes",
     "inputs_struct",
     "missing",
     "nodes_in_order",
@@ -98,6 +99,11 @@ def fill_in(node, values: dict) -> tuple[list, dict]:
     return node.arguments.fill_in(values)
 
 
+def inbound_nodes(op) -> list:
+    """The nodes at which a layer or operation was called (one per call, in call order)."""
+    return list(getattr(op, "_inbound_nodes", None) or [])
+
+
 def producer_of(tensor):
     """The operation that produced a symbolic tensor (None for an `Input`)."""
     history = getattr(tensor, "_keras_history", None)
@@ -132,6 +138,8 @@ def missing() -> list[str]:
             out.append(f"{type(obj).__name__}.{attr}")
     if not hasattr(fn.outputs[0], "_keras_history"):
         out.append("KerasTensor._keras_history")
+    if not hasattr(fn.layers[-1], "_inbound_nodes"):
+        out.append("Layer._inbound_nodes")
     node = next(n for n in nodes_in_order(fn) if not n.is_input)
     for attr in ("operation", "is_input", "input_tensors", "outputs", "arguments"):
         if not hasattr(node, attr):

@@ -81,24 +81,27 @@ class ScoringContext:
         """
         out = []
         for key, s, chan in self.graph.slices(group):
-            rec = self.graph.records[key]
-            if key not in group.layers or rec.produces is None or not np.array_equal(s.atoms, rec.produces):
-                continue
-            w = self.weight(key, s.index)
-            if w.ndim >= 2:
-                out.append((key, np.moveaxis(w, s.axis, -1), chan))
+            if self._owns(key, s.atoms) and not self._is_bias(key, s.index):
+                out.append((key, np.moveaxis(self.weight(key, s.index), s.axis, -1), chan))
         return out
 
     def biases(self, group: Group) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """Producers' biases: `(layer key, bias, channel per filter)`."""
         out = []
         for key, s, chan in self.graph.slices(group):
-            rec = self.graph.records[key]
-            if key in group.layers and rec.produces is not None and np.array_equal(s.atoms, rec.produces):
-                w = self.weight(key, s.index)
-                if w.ndim == 1:
-                    out.append((key, w, chan))
+            if self._owns(key, s.atoms) and self._is_bias(key, s.index):
+                out.append((key, np.moveaxis(self.weight(key, s.index), s.axis, -1), chan))
         return out
+
+    def _owns(self, key: str, atoms: np.ndarray) -> bool:
+        """Whether every position of a weight axis is a channel the layer creates (filters, units, heads)."""
+        rec = self.graph.records[key]
+        own = [a for a in (rec.produces, *rec.parts.values()) if a is not None]
+        return bool(own) and bool(np.isin(atoms, np.concatenate(own)).all())
+
+    def _is_bias(self, key: str, index: int) -> bool:
+        w = self.graph.records[key].layer.weights[index]
+        return len(w.shape) == 1 or w.name == "bias"
 
 
 def gather(size: int, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -225,12 +228,14 @@ def _fpgm(w):
 
 
 def _zero(group, ctx):
-    parts = {key: [np.abs(_flat(w)).sum(axis=0), chan] for key, w, chan in ctx.kernels(group)}
+    # A filter's kernel slice and bias are summed (keyed by layer and channel layout).
+    parts = {(key, chan.tobytes()): [np.abs(_flat(w)).sum(axis=0), chan] for key, w, chan in ctx.kernels(group)}
     for key, b, chan in ctx.biases(group):
-        if key in parts:
-            parts[key][0] = parts[key][0] + np.abs(b)
+        b = np.abs(_flat(b)).sum(axis=0)
+        if (key, chan.tobytes()) in parts:
+            parts[key, chan.tobytes()][0] = parts[key, chan.tobytes()][0] + b
         else:
-            parts[key] = [np.abs(b).astype(np.float64), chan]
+            parts[key, chan.tobytes()] = [b, chan]
     return gather(group.size, [tuple(p) for p in parts.values()])
 
 
@@ -278,6 +283,11 @@ def _split(graph: ChannelGraph, groups: list[Group], flat_values: np.ndarray, se
         off = int(graph.group_offsets[g.id])
         if seen[off : off + g.size].any():
             out[g.id] = flat_values[off : off + g.size].copy()
+        elif g.layers and all(not graph.records[k].calls for k in g.layers):  # parts: heads of an attention
+            out[g.id] = CriterionSkip(
+                f"its channels ({', '.join(g.layers)}) are internal to a layer and no tensor of the model "
+                "carries them; score them with a weight criterion (l1, l2, fpgm)"
+            )
         else:
             out[g.id] = CriterionSkip(reason)
     return out
