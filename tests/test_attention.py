@@ -65,17 +65,25 @@ def test_heads_are_removed_consistently_across_query_key_value_output():
 
 @pytest.mark.backend
 def test_key_dim_positions_couple_query_and_key_and_keep_the_score_scale():
-    model = transformer(value_dim=5)
+    model = transformer()  # key_dim == value_dim == 3: one group (see the JAX test below)
     rm = [0, 2]
     pruned, _ = assert_removal_equals_masking(model, {"mha/key_dim": rm})
     mha = pruned.get_layer("mha")
-    assert (mha.key_dim, mha.value_dim) == (1, 5)
+    assert (mha.key_dim, mha.value_dim) == (1, 1)
     old, new = weights(model), weights(pruned)
     factor = math.sqrt(1 / 3)  # 1/sqrt(key_dim) changes from 1/sqrt(3) to 1: the query absorbs it
-    for name, scale in (("query", factor), ("key", 1.0)):
+    for name, scale in (("query", factor), ("key", 1.0), ("value", 1.0)):
         np.testing.assert_allclose(new[f"{name}/kernel"], np.delete(old[f"{name}/kernel"], rm, axis=2) * scale, 1e-6)
         np.testing.assert_allclose(new[f"{name}/bias"], np.delete(old[f"{name}/bias"], rm, axis=1) * scale, 1e-6)
-    np.testing.assert_array_equal(new["value/kernel"], old["value/kernel"])
+    np.testing.assert_array_equal(new["attention_output/kernel"], np.delete(old["attention_output/kernel"], rm, 1))
+
+
+def test_key_dim_alone_when_value_dim_differs():
+    model = transformer(value_dim=5)
+    pruned, _ = assert_removal_equals_masking(model, {"mha/key_dim": [1]})
+    mha = pruned.get_layer("mha")
+    assert (mha.key_dim, mha.value_dim) == (2, 5)
+    np.testing.assert_array_equal(weights(pruned)["value/kernel"], weights(model)["value/kernel"])
 
 
 def test_value_dim_positions_couple_value_and_output():
