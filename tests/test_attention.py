@@ -5,6 +5,7 @@ weights against `np.delete` of the originals.
 """
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,6 +15,7 @@ from keras import layers as L
 import kerasprune as kp
 from conftest import assert_removal_equals_masking
 from models import finish
+from test_docs import python_blocks
 
 T, C = 5, 8
 
@@ -343,3 +345,10 @@ def test_keras_attention_layers(kind):
         np.testing.assert_array_equal(
             pruned.get_layer("att").scale.numpy(), np.delete(model.get_layer("att").scale.numpy(), [1])
         )
+
+
+def test_docs_examples_run():
+    blocks = python_blocks(Path(__file__).resolve().parent.parent / "docs" / "attention-recurrent.md")
+    assert len(blocks) == 2
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"attention-recurrent.md[{i}]", "exec"), {})
