@@ -352,3 +352,17 @@ def test_docs_examples_run():
     assert len(blocks) == 2
     for i, block in enumerate(blocks):
         exec(compile(block, f"attention-recurrent.md[{i}]", "exec"), {})
+
+
+def test_attention_inside_a_nested_model():
+    inner_in = keras.Input((T, C))
+    a = L.MultiHeadAttention(2, 3, name="mha")(inner_in, inner_in)
+    encoder = keras.Model(inner_in, L.Add()([inner_in, a]), name="enc")
+    i = keras.Input((T, C))
+    y = encoder(L.Dense(C, name="embed")(i))
+    model = finish(i, L.Dense(2, name="head")(L.GlobalAveragePooling1D()(y)))
+    graph = kp.analyze(model)
+    assert graph.key_of("heads") == "enc/mha/heads"  # the bare name works when unique
+    assert graph.group_of("embed").layers == ("embed", "enc/mha")
+    pruned, _ = assert_removal_equals_masking(model, {"enc/mha/heads": [0], "embed": [1]})
+    assert pruned.get_layer("enc").get_layer("mha").num_heads == 1
