@@ -23,6 +23,7 @@ __all__ = [
     "KerasTensor",
     "Operation",
     "application_class",
+    "attention_gate",
     "call_arguments",
     "fill_in",
     "functional_of",
@@ -63,6 +64,11 @@ def op_classes(area: str, names) -> list[type]:
 def application_class(module: str, name: str):
     """A layer class defined inside `keras.applications` (e.g. ConvNeXt's `LayerScale`), or None."""
     return _lookup(f"keras.src.applications.{module}", name)
+
+
+def attention_gate(layer):
+    """A `MultiHeadAttention`'s gate projection (`use_gate=True` where Keras has it), or None."""
+    return getattr(layer, "_gate_dense", None) if getattr(layer, "_use_gate", False) else None
 
 
 # -- the symbolic graph -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import re
 import numpy as np
 from keras import layers
 
+from kerasprune import _keras
 from kerasprune.rules.arguments import argument_roles, roles_for_shapes
 from kerasprune.rules.base import Barrier, Chan, NodeIO, NodeView, Rule, kept, weight_index
 from kerasprune.rules.registry import register_many, register_rule
@@ -60,6 +61,16 @@ def _check_dense(sub, owner: str) -> None:
         raise Barrier(f"its {owner} projection is quantized")
 
 
+def _projections(layer) -> dict:
+    """The layer's `EinsumDense` projections by role (the gate only with `use_gate=True`)."""
+    subs = {"query": layer.query_dense, "key": layer.key_dense, "value": layer.value_dense}
+    subs["output"] = layer.output_dense
+    gate = _keras.attention_gate(layer)
+    if gate is not None:
+        subs["gate"] = gate
+    return subs
+
+
 class MultiHeadAttentionRule(Rule):
     """`MultiHeadAttention`: output channels, heads, key_dim and value_dim (see the module docstring)."""
 
@@ -71,10 +82,7 @@ class MultiHeadAttentionRule(Rule):
                     f"it overrides MultiHeadAttention.{name}; kerasprune cannot know how it uses heads "
                     "(register a rule for it)"
                 )
-        subs = {"query": layer._query_dense, "key": layer._key_dense, "value": layer._value_dense}
-        subs["output"] = layer._output_dense
-        if getattr(layer, "_use_gate", False):
-            subs["gate"] = layer._gate_dense
+        subs = _projections(layer)
         for owner, sub in subs.items():
             _check_dense(sub, owner)
         roles = argument_roles(view.node, layer)
@@ -90,7 +98,7 @@ class MultiHeadAttentionRule(Rule):
             if i not in (q_i, v_i, k_i) and not view.inputs[i].frozen:
                 g.block(view.inputs[i].atoms, f"'{view.key}' reads this tensor as its {role!r} argument")
         out_shape = view.out_shapes[0]
-        scores_axis = len(view.in_shapes[q_i]) - len(layer._attention_axes) - 1
+        scores_axis = len(view.in_shapes[q_i]) - len(layer.attention_axes) - 1
         if len(view.out_shapes) > 1:  # attention scores: (batch, ..., heads, queries..., keys...)
             scores = view.out_shapes[1]
             if not 0 < scores_axis < len(scores) or scores[scores_axis] != layer.num_heads:
@@ -129,12 +137,12 @@ class MultiHeadAttentionRule(Rule):
             new["value_dim"] = new["key_dim"]
         n = kept(io.outputs[0])
         if n is not None:
-            shape = list(config.get("output_shape") or [int(layer._output_dense.kernel.shape[-1])])
+            shape = list(config.get("output_shape") or [int(layer.output_dense.kernel.shape[-1])])
             new["output_shape"] = shape[:-1] + [n]
         return new
 
     def rebuild_weights(self, layer, weights: list, io: NodeIO) -> list:
-        dense = layer._query_dense
+        dense = layer.query_dense
         k = weight_index(layer, dense.kernel)
         new_key_dim = int(weights[k].shape[-1])
         if new_key_dim == layer.key_dim:
@@ -154,17 +162,12 @@ class MultiHeadAttentionRule(Rule):
         v = in_shapes[where.get("value", min(1, len(in_shapes) - 1))]
         k = in_shapes[where.get("key", where.get("value", 0))]
         n_q, n_kv = _prod(q[1:-1]), _prod(v[1:-1])
-        terms = [
-            (layer._query_dense.kernel, n_q),
-            (layer._key_dense.kernel, _prod(k[1:-1])),
-            (layer._value_dense.kernel, n_kv),
-            (layer._output_dense.kernel, n_q),
-        ]
-        if getattr(layer, "_use_gate", False):
-            terms.append((layer._gate_dense.kernel, n_q))
+        subs = _projections(layer)
+        positions = {"query": n_q, "key": _prod(k[1:-1]), "value": n_kv, "output": n_q, "gate": n_q}
+        terms = [(sub.kernel, positions[owner]) for owner, sub in subs.items()]
         # Every query position meets the keys along the attention axes.
-        keys = _prod(v[a] for a in layer._attention_axes)
-        for dense in (layer._query_dense, layer._value_dense):  # scores, then the weighted sum
+        keys = _prod(v[a] for a in layer.attention_axes)
+        for dense in (layer.query_dense, layer.value_dense):  # scores, then the weighted sum
             if dense.bias is not None:
                 terms.append((dense.bias, n_q * keys))
         return terms
