@@ -13,7 +13,9 @@ ZeroPadding/Cropping/UpSampling, residual Add/Subtract/Multiply/Average/
 Maximum/Minimum, Concatenate on the channel axis (also of the same tensor
 twice) and on a spatial axis, squeeze-excite, Flatten->Dense, nested
 Functional submodels, and both data formats (TensorFlow's CPU backend runs
-channels_first convolutions, so they are fuzzed everywhere).
+channels_first convolutions, so they are fuzzed everywhere). On 1-D channels_last
+inputs (sequences) it also draws MultiHeadAttention blocks (residual, gated, FFN)
+and recurrent layers (LSTM, GRU, SimpleRNN, Bidirectional); see the last section.
 """
 
 from __future__ import annotations
@@ -451,3 +453,49 @@ def check_pruning_properties(model, selection: dict, removed: dict[str, int], tm
         "params_before": model.count_params(),
         "params_after": pruned.count_params(),
     }
+
+
+# -- attention and recurrent blocks (sequences: 1-D, channels_last, (T, C)) --------------------------
+def _is_sequence(c: _Ctx) -> bool:
+    return c.dims == 1 and c.fmt == "channels_last"
+
+
+def _block_attention(c: _Ctx, x):
+    """Self-attention (optionally gated, bias-free), residual or not, optionally followed by a residual FFN."""
+    if not _is_sequence(c):
+        return _block_conv(c, x)
+    ch = c.chans(x)
+    # key_dim == value_dim (the default): one group, as Keras's JAX backend needs (rules/attention.py,
+    # KERAS_JAX_HEAD_DIMS). Unequal sizes that pruning makes equal become one group in the pruned
+    # model, which the group-count property cannot follow; tests/test_attention.py covers them.
+    mha = L.MultiHeadAttention(
+        c.d.integer(1, 3), c.d.integer(1, 4), use_bias=c.d.boolean(), use_gate=c.d.boolean(), name=c.name("mha")
+    )
+    a = mha(x, x)
+    x = L.Add(name=c.name("attn_res"))([x, a]) if c.d.boolean() else a
+    if c.d.boolean():
+        f = L.Dense(c.width(), activation=c.d.choice(["gelu", "relu", None]), name=c.name("ff1"))(x)
+        x = L.Add(name=c.name("ff_res"))([x, L.Dense(ch, name=c.name("ff2"))(f)])
+    return x
+
+
+def _block_recurrent(c: _Ctx, x):
+    """LSTM, GRU, SimpleRNN or a Bidirectional wrapper, returning sequences."""
+    if not _is_sequence(c):
+        return _block_conv(c, x)
+    kind = c.d.choice(["lstm", "gru", "gru_reset_before", "simple", "bidirectional"])
+    units = c.d.integer(2, 6)
+    if kind == "bidirectional":
+        inner = c.d.choice([L.LSTM, L.GRU, L.SimpleRNN])(units, return_sequences=True)
+        merge = c.d.choice(["concat", "sum", "ave", "mul"])
+        return L.Bidirectional(inner, merge_mode=merge, name=c.name("birnn"))(x)
+    if kind == "lstm":
+        return L.LSTM(units, return_sequences=True, name=c.name("lstm"))(x)
+    if kind == "simple":
+        return L.SimpleRNN(units, return_sequences=True, name=c.name("rnn"))(x)
+    reset_after = kind == "gru"
+    return L.GRU(units, return_sequences=True, reset_after=reset_after, name=c.name("gru"))(x)
+
+
+BLOCKS["attention"] = _block_attention
+BLOCKS["recurrent"] = _block_recurrent

@@ -107,12 +107,16 @@ def test_softmax_over_channels_is_a_barrier():
     _assert_blocked(L.Softmax(name="sm"), "'sm' (Softmax)")
 
 
-def test_attention_is_a_barrier():
+def test_attention_that_overrides_its_computation_is_a_barrier():
+    class CustomAttention(L.MultiHeadAttention):  # plain MultiHeadAttention has a rule
+        def _compute_attention(self, query, key, value, *args, **kwargs):
+            return super()._compute_attention(query, key, value, *args, **kwargs)
+
     def attn(x):
         x = L.Reshape((36, 4))(x)
-        return L.MultiHeadAttention(num_heads=1, key_dim=2, name="mha")(x, x)
+        return CustomAttention(num_heads=1, key_dim=2, name="mha")(x, x)
 
-    _assert_blocked(attn, "'mha' (MultiHeadAttention)")
+    _assert_blocked(attn, "'mha' (CustomAttention)")
 
 
 def test_channel_reaching_output_cannot_be_removed():

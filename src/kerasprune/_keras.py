@@ -23,10 +23,12 @@ __all__ = [
     "KerasTensor",
     "Operation",
     "application_class",
+    "attention_gate",
     "call_arguments",
     "export_input_signature",
     "fill_in",
     "functional_of",
+    "inbound_nodes",
     "inputs_struct",
     "missing",
     "nodes_in_order",
@@ -65,6 +67,11 @@ def application_class(module: str, name: str):
     return _lookup(f"keras.src.applications.{module}", name)
 
 
+def attention_gate(layer):
+    """A `MultiHeadAttention`'s gate projection (`use_gate=True` where Keras has it), or None."""
+    return getattr(layer, "_gate_dense", None) if getattr(layer, "_use_gate", False) else None
+
+
 # -- the symbolic graph -------------------------------------------------------------------------
 def functional_of(op):
     """The Functional graph behind a nested model, or None for a plain layer or operation.
@@ -97,6 +104,11 @@ def call_arguments(node) -> tuple[tuple, dict]:
 def fill_in(node, values: dict) -> tuple[list, dict]:
     """A node's call arguments with its input tensors replaced by `values[id(tensor)]`."""
     return node.arguments.fill_in(values)
+
+
+def inbound_nodes(op) -> list:
+    """The nodes at which a layer or operation was called (one per call, in call order)."""
+    return list(getattr(op, "_inbound_nodes", None) or [])
 
 
 def producer_of(tensor):
@@ -144,6 +156,8 @@ def missing() -> list[str]:
             out.append(f"{type(obj).__name__}.{attr}")
     if not hasattr(fn.outputs[0], "_keras_history"):
         out.append("KerasTensor._keras_history")
+    if not hasattr(fn.layers[-1], "_inbound_nodes"):
+        out.append("Layer._inbound_nodes")
     node = next(n for n in nodes_in_order(fn) if not n.is_input)
     for attr in ("operation", "is_input", "input_tensors", "outputs", "arguments"):
         if not hasattr(node, attr):

@@ -60,6 +60,7 @@ class LayerRecord:
     calls: list[CallRecord] = field(default_factory=list)
     produces: np.ndarray | None = None
     barrier: str | None = None
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Builder:
@@ -113,11 +114,22 @@ class Builder:
         return _components(n, a, b), _components(len(self._space_parent), space[a], space[b])
 
     # -- rule-facing API -------------------------------------------------------------
-    def produce(self, view: NodeView, n: int) -> np.ndarray:
+    def produce(self, view: NodeView, n: int, part: str | None = None) -> np.ndarray:
+        """`n` channels owned by the layer: its filters, or with `part`, another set it owns.
+
+        A part (a `MultiHeadAttention`'s heads) is its own group, selected as
+        `'<layer>/<part>'`; its keep mask reaches `rebuild_config` as `io.parts[part]`.
+        """
         rec = self.records[view.key]
-        if rec.produces is None:
-            rec.produces = self.new_atoms(int(n), owner=view.key)
-        return rec.produces
+        if part is None:
+            if rec.produces is None:
+                rec.produces = self.new_atoms(int(n), owner=view.key)
+            return rec.produces
+        if part not in rec.parts:
+            key = f"{view.key}/{part}"
+            rec.parts[part] = self.new_atoms(int(n), owner=key)
+            self.records[key] = LayerRecord(key, view.layer, None, produces=rec.parts[part])
+        return rec.parts[part]
 
     def expect(self, view: NodeView, i: int, axis: int) -> np.ndarray:
         """Atoms of input `i` along `axis`; a barrier if channels are elsewhere."""
@@ -245,6 +257,9 @@ class Builder:
         for c in view.inputs:
             if not c.frozen:
                 self.block(c.atoms, reason)
+        for own in (rec.produces, *rec.parts.values()):  # made by an earlier call, or before the rule gave up
+            if own is not None:
+                self.block(own, reason)
         n_in, n_out = len(view.inputs), len(view.out_shapes)
         rec.calls.append(
             CallRecord([None] * n_in, [None] * n_out, [None] * n_in, [None] * n_out, view.in_shapes, view.out_shapes)

@@ -25,12 +25,13 @@ from kerasprune.rules.base import NodeIO
 log = logging.getLogger(__name__)
 
 
-def _io(plan: Plan, call: CallRecord) -> NodeIO:
+def _io(plan: Plan, call: CallRecord, rec: LayerRecord | None = None) -> NodeIO:
     return NodeIO(
         inputs=[None if a is None else plan.keep(a) for a in call.inputs],
         outputs=[None if a is None else plan.keep(a) for a in call.outputs],
         in_axes=list(call.in_axes),
         out_axes=list(call.out_axes),
+        parts={} if rec is None else {name: plan.keep(a) for name, a in rec.parts.items()},
     )
 
 
@@ -39,9 +40,9 @@ def new_config(plan: Plan, rec: LayerRecord | None, layer) -> dict:
     config = layer.get_config()
     if rec is None or rec.rule is None or rec.barrier or not rec.calls:
         return config
-    if not plan.touches([a for call in rec.calls for a in call.atoms()]):
+    if not plan.touches([a for call in rec.calls for a in call.atoms()] + list(rec.parts.values())):
         return config
-    ios = [_io(plan, call) for call in rec.calls]
+    ios = [_io(plan, call, rec) for call in rec.calls]
     counts = {tuple(None if k is None else int(k.sum()) for k in io.inputs + io.outputs) for io in ios}
     if len(counts) > 1:
         raise PruningError(
@@ -72,6 +73,8 @@ def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list:
             if not isinstance(arr, np.ndarray):
                 arr = keras.ops.convert_to_numpy(arr)
             weights[s.index] = np.compress(keep, arr, axis=s.axis) if s.along is None else _compress_along(arr, keep, s)
+    if rec.rule is not None and not rec.barrier and rec.calls:
+        weights = rec.rule.rebuild_weights(layer, weights, _io(plan, rec.calls[0], rec))
     return weights
 
 

@@ -5,9 +5,11 @@ Users add rules for their own layers with `register_rule`.
 """
 
 from kerasprune.rules import applications as _applications  # noqa: F401  (registers)
+from kerasprune.rules import attention as _attention  # noqa: F401
 from kerasprune.rules import convolution as _convolution  # noqa: F401
 from kerasprune.rules import merging as _merging  # noqa: F401
 from kerasprune.rules import normalization as _normalization  # noqa: F401
+from kerasprune.rules import recurrent as _recurrent  # noqa: F401
 from kerasprune.rules import reshaping as _reshaping  # noqa: F401
 from kerasprune.rules import wrappers as _wrappers  # noqa: F401
 from kerasprune.rules.base import (
