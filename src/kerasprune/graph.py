@@ -94,6 +94,7 @@ class ChannelGraph:
         self.options = dict(options or {})
         self.records = builder.records
         self.nested = builder.nested
+        self.traced = builder.traced
         self.order = tuple(builder.order)
         self._by_id = builder._by_id
         n = len(builder._atom_parent)

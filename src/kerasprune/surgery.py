@@ -9,6 +9,7 @@ layer is rebuilt once, however many groups touch it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -36,19 +37,22 @@ def _io(plan: Plan, call: CallRecord) -> NodeIO:
 
 def new_config(plan: Plan, rec: LayerRecord | None, layer) -> dict:
     """The config of `layer` in the model `plan` builds (its rule's `rebuild_config`)."""
-    config = layer.get_config()
+    config = _keras.config_of(layer)
     if rec is None or rec.rule is None or rec.barrier or not rec.calls:
         return config
     if not plan.touches([a for call in rec.calls for a in call.atoms()]):
         return config
     ios = [_io(plan, call) for call in rec.calls]
     counts = {tuple(None if k is None else int(k.sum()) for k in io.inputs + io.outputs) for io in ios}
-    if len(counts) > 1:
+    new = rec.rule.rebuild_config(layer, config, ios[0])
+    # A shared layer is rebuilt once: fine when every call asks for the same config
+    # (a weightless `Dropout` applied to tensors of different widths).
+    if len(counts) > 1 and any(rec.rule.rebuild_config(layer, config, io) != new for io in ios[1:]):
         raise PruningError(
             f"Layer '{rec.key}' ({type(layer).__name__}) is shared between calls that would lose "
             "different numbers of channels; it cannot be rebuilt for both"
         )
-    return rec.rule.rebuild_config(layer, config, ios[0])
+    return new
 
 
 def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list:
@@ -108,12 +112,12 @@ def _restore_initializers(swapped: list) -> None:
         object.__setattr__(layer, name, value)
 
 
-def _nested_inputs(plan: Plan, key: str | None, model) -> list | None:
-    """New `Input`s for a nested model whose input channels shrink."""
+def _nested_inputs(plan: Plan, key: str | None, model, call_index: int = 0) -> list | None:
+    """New `Input`s for a nested model (or traced layer) whose input channels shrink."""
     calls = plan.graph.nested.get(key or "", [])
     if not calls:
         return None
-    shapes, chans = calls[0]
+    shapes, chans = calls[min(call_index, len(calls) - 1)]
     inputs = []
     for shape, c, t in zip(shapes, chans, model.inputs):
         shape = list(shape)
@@ -124,36 +128,72 @@ def _nested_inputs(plan: Plan, key: str | None, model) -> list | None:
 
 
 def rebuild(plan: Plan) -> keras.Model:
-    """Build the smaller model that `plan` describes (the original is untouched)."""
+    """Build the smaller model that `plan` describes (the original is untouched).
+
+    Layers are re-created from their (new) configs. A composite layer that the
+    analysis traced (`kerasprune.tracing`) is replaced by its traced, pruned graph
+    of plain Keras layers (a nested Functional model named like the layer) when the
+    plan touches it; an untouched one is re-created as its own class, or replaced
+    by its traced graph when its class cannot be re-created from its config.
+    """
     graph = plan.graph
     pairs = []
     swapped: list = []
     cache: dict[int, object] = {}
+    affected = set(plan.affected_layers)
+    # id(replacement model) -> [key, number of calls cloned so far]
+    replacements: dict[int, list] = {}
+    per_trace: dict[int, keras.Model] = {}
+    layer_of: dict[str, object] = {}  # key of a traced layer -> the layer
+
+    def clone_nested(model, key, call_index: int = 0, source=None):
+        source = model if source is None else source
+        inputs = _nested_inputs(plan, key, source, call_index)
+        if inputs is not None:
+            struct = inputs[0] if isinstance(source, keras.Sequential) else _keras.inputs_struct(source)
+            inputs = inputs[0] if isinstance(source, keras.Sequential) else tree.pack_sequence_as(struct, inputs)
+        extra = {} if isinstance(source, keras.Sequential) else {"call_function": call_function}
+        return keras.models.clone_model(source, input_tensors=inputs, clone_function=clone_function, **extra)
+
+    def replacement(layer, key: str, call_index: int) -> keras.Model:
+        """The traced graph of `layer` at call `call_index`, cloned and pruned (one per distinct trace)."""
+        traces = graph.traced[key]
+        fn = traces[min(call_index, len(traces) - 1)]
+        if id(fn) not in per_trace:
+            new = clone_nested(layer, key, call_index, source=fn)
+            per_trace[id(fn)] = new
+            replacements[id(new)] = [key, 0]
+        return per_trace[id(fn)]
+
+    def call_function(op, *args, **kwargs):
+        entry = replacements.get(id(op))
+        if entry is None:
+            return op(*args, **kwargs)
+        key, index = entry
+        entry[1] += 1
+        model = replacement(layer_of[key], key, index) if index else op
+        tensors = [x for x in tree.flatten((args, kwargs)) if isinstance(x, _keras.KerasTensor)]
+        return model(tensors[0] if len(tensors) == 1 else tensors)
 
     def clone_function(layer):
         if id(layer) in cache:
             return cache[id(layer)]
         key = graph._by_id.get(id(layer))
-        if functional_of(layer) is not None:
-            inputs = _nested_inputs(plan, key, layer)
-            if inputs is not None:
-                struct = inputs[0] if isinstance(layer, keras.Sequential) else _keras.inputs_struct(layer)
-                inputs = inputs[0] if isinstance(layer, keras.Sequential) else tree.pack_sequence_as(struct, inputs)
-            new = keras.models.clone_model(layer, input_tensors=inputs, clone_function=clone_function)
+        if key in graph.traced:
+            layer_of[key] = layer
+            new = _clone_traced(plan, layer, key, affected, lambda: replacement(layer, key, 0), pairs, swapped)
+        elif _keras.functional_of(layer) is not None:
+            new = clone_nested(layer, key)
         else:
-            rec = graph.records.get(key) if key else None
-            # The config comes from the caller's live model, not from a file: a `Lambda`'s
-            # Python function may be rebuilt (Keras refuses it in its default safe mode).
-            with _keras.trusted_deserialization():
-                new = layer.__class__.from_config(new_config(plan, rec, layer))
-            if getattr(layer, "weights", None):
-                _defer_initializers(new, swapped)
-            pairs.append((layer, new, rec))
+            new = _recreate(plan, graph.records.get(key) if key else None, layer, pairs, swapped)
         cache[id(layer)] = new
         return new
 
+    # A subclassed model is cloned from its trace: the result is a Functional model.
+    source = graph.model if _keras.is_graph_model(graph.model) else functional_of(graph.model)
+    extra = {} if isinstance(source, keras.Sequential) else {"call_function": call_function}
     try:
-        new_model = keras.models.clone_model(graph.model, clone_function=clone_function)
+        new_model = keras.models.clone_model(source, clone_function=clone_function, **extra)
     except PruningError:
         raise
     except Exception as e:  # a layer refused its new config or input shape
@@ -172,6 +212,75 @@ def rebuild(plan: Plan) -> keras.Model:
                 f"layer: {e}"
             ) from e
     return new_model
+
+
+def _recreate(plan: Plan, rec: LayerRecord | None, layer, pairs: list, swapped: list, fallback=None):
+    """`layer` re-created from its new config (weights are set after cloning).
+
+    A layer that cannot be re-created and that the plan does not change is kept:
+    `fallback()` (a traced layer's graph) when given, else the original layer
+    object itself, shared with the original model (a warning says so when it has weights).
+    """
+    config = new_config(plan, rec, layer)
+    try:
+        # The config comes from the caller's live model, not from a file: a `Lambda`'s
+        # Python function may be rebuilt (Keras refuses it in its default safe mode).
+        new = _keras.recreate(layer, config)
+    except Exception as e:
+        changed = config != _keras.config_of(layer)
+        if changed or (rec is not None and any(not plan.keep(s.atoms).all() for s in rec.slices)):
+            raise PruningError(
+                f"Layer '{getattr(rec, 'key', layer.name)}' ({type(layer).__name__}) cannot be re-created from "
+                f"its config: {type(e).__name__}: {e}"
+            ) from e
+        if fallback is not None:
+            return fallback()
+        if layer.weights:
+            log.warning(
+                "Layer '%s' (%s) cannot be re-created from its config (%s: %s); the pruned model reuses the "
+                "original layer object, so it shares its %d weights with the original model (training one "
+                "changes the other). Make its __init__ accept every key of its get_config() to get a copy.",
+                layer.name, type(layer).__name__, type(e).__name__, e, len(layer.weights),
+            )  # fmt: skip
+        return layer
+    if getattr(layer, "weights", None):
+        _defer_initializers(new, swapped)
+    pairs.append((layer, new, rec))
+    return new
+
+
+def _clone_traced(plan: Plan, layer, key: str, affected: set, replace, pairs: list, swapped: list):
+    """A traced composite layer in the new model: its pruned graph when touched, else a copy."""
+    inside = key + "/"
+    touched = any(k.startswith(inside) for k in affected) or any(
+        not c.frozen and not plan.keep(c.atoms).all()
+        for _, chans in plan.graph.nested.get(key, [])
+        for c in chans
+    )
+    if touched or not _reloads(layer):
+        return replace()
+    return _recreate(plan, None, layer, pairs, swapped, fallback=replace)
+
+
+def _reloads(layer) -> bool:
+    """Whether `layer` can be rebuilt the way `keras.saving.load_model` rebuilds it.
+
+    Loading re-creates a layer from its config and builds it from its saved
+    `build_config`, whose shapes come back from JSON as lists. keras_hub's
+    `SpatialPyramidPooling.build` adds a tuple to that list and fails, so a model
+    holding it as a plain layer saves but does not load; such a traced layer is
+    replaced by its traced graph even when the plan leaves it untouched.
+    """
+    build_config = layer.get_build_config() if hasattr(layer, "get_build_config") else None
+    if not build_config:
+        return True
+    try:
+        copy = _keras.recreate(layer, _keras.config_of(layer))
+        copy.build_from_config(json.loads(json.dumps(build_config)))
+    except Exception:
+        log.debug("traced layer %s does not reload from its config", layer.name, exc_info=True)
+        return False
+    return True
 
 
 def remove_filters(
