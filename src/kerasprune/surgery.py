@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterable, Mapping
 
 import keras
@@ -276,7 +277,9 @@ def _reloads(layer) -> bool:
         return True
     try:
         copy = _keras.recreate(layer, _keras.config_of(layer))
-        copy.build_from_config(json.loads(json.dumps(build_config)))
+        with warnings.catch_warnings():  # a layer without build() of its own warns here
+            warnings.simplefilter("ignore")
+            copy.build_from_config(json.loads(json.dumps(build_config)))
     except Exception:
         log.debug("traced layer %s does not reload from its config", layer.name, exc_info=True)
         return False
