@@ -19,7 +19,13 @@ from keras import ops
 import kerasprune as kp
 from conftest import assert_removal_equals_masking
 from kerasprune import tracing
-from kerasprune.testing import max_output_difference, predict, random_input, randomize_batchnorm, randomize_weights
+from kerasprune.testing import (
+    max_output_difference,
+    predict,
+    random_input,
+    randomize_batchnorm,
+    randomize_weights,
+)
 
 
 class ResBlock(L.Layer):

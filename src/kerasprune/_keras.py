@@ -193,7 +193,8 @@ def recreate(layer, config: dict):
     (keras_hub's `ViTPatchingAndEmbedding` adds `num_patches`). When `from_config`
     fails with a `TypeError`, it is retried with only the keys `__init__` (and a
     base layer) accepts, and the result is kept only if its own `get_config()`
-    equals `config`: the copy is then indistinguishable from a faithful one.
+    gives those keys back, and, for the layer's own config, the derived ones too:
+    the copy is then indistinguishable from a faithful one.
 
     Raises:
         Exception: the error of the first `from_config` when no faithful copy can be made.
@@ -214,7 +215,12 @@ def recreate(layer, config: dict):
                 raise
             try:
                 new = cls.from_config(trimmed)
-                same = config_of(new) == config
+                got = config_of(new)
+                # Every key given must come back; the derived ones must too, unless the
+                # config is a new one (a pruned width), whose derived values the class recomputes.
+                same = all(got.get(k) == v for k, v in trimmed.items()) and (
+                    got == config or config != config_of(layer)
+                )
             except Exception:
                 raise first from None
             if not same:

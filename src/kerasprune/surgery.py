@@ -241,7 +241,8 @@ def _recreate(plan: Plan, rec: LayerRecord | None, layer, pairs: list, swapped: 
                 "Layer '%s' (%s) cannot be re-created from its config (%s: %s); the pruned model reuses the "
                 "original layer object, so it shares its %d weights with the original model (training one "
                 "changes the other). Make its __init__ accept every key of its get_config() to get a copy.",
-                layer.name, type(layer).__name__, type(e).__name__, e, len(layer.weights),
+                layer.name, type(layer).__name__, type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "",
+                len(layer.weights),
             )  # fmt: skip
         return layer
     if getattr(layer, "weights", None):
