@@ -330,3 +330,22 @@ def test_pruned_traced_model_loads_without_kerasprune_or_the_block_class(tmp_pat
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
     expected = predict(masked, x)[0]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend
+def test_composite_shared_across_inputs_of_different_sizes_becomes_one_graph():
+    """A prediction head applied to two resolutions (as detectors do on every pyramid level)."""
+    head = ResBlock(6, name="head_blk")
+    i = keras.Input((8, 8, 3))
+    a = L.Conv2D(6, 1, name="stem")(i)
+    b = L.MaxPooling2D(name="down")(a)
+    ya = L.GlobalAveragePooling2D()(head(a))
+    yb = L.GlobalAveragePooling2D()(head(b))
+    model = keras.Model(i, L.Dense(3, name="out")(L.Concatenate()([ya, yb])))
+    randomize_weights(model, seed=8)
+    randomize_batchnorm(model, seed=9)
+    graph = kp.analyze(model)
+    assert len({id(t) for t in graph.traced["head_blk"]}) == 2  # one trace per input size
+    pruned, _ = assert_removal_equals_masking(model, {"stem": [0], "head_blk/c1": [1, 2]})
+    inner = pruned.get_layer("head_blk")
+    assert isinstance(inner, keras.Model) and inner.inputs[0].shape[1:3] == (None, None)

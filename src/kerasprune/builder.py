@@ -84,6 +84,7 @@ class Builder:
         #: key of a traced composite layer -> its trace (Functional graph) at each call
         self.traced: dict[str, list] = {}
         self.traced_layers: dict[str, Any] = {}
+        self.traced_nodes: dict[str, list] = {}
         self._recreate: dict[int, str | None] = {}
 
     # -- union-find ------------------------------------------------------------------
@@ -192,6 +193,7 @@ class Builder:
         if inner is not _keras.functional_of(op):
             self.traced.setdefault(key, []).append(inner)
             self.traced_layers[key] = op
+            self.traced_nodes.setdefault(key, []).append(node)
 
     def apply(self, op, node, ins: list[Chan], prefix: str) -> list[Chan]:
         key = f"{prefix}{op.name}"

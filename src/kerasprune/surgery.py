@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import tree
 
-from kerasprune import _keras
+from kerasprune import _keras, tracing
 from kerasprune.errors import PruningError
 from kerasprune.graph import CallRecord, ChannelGraph, LayerRecord, functional_of, graph_for
 from kerasprune.plan import Plan, make_plan
@@ -113,12 +113,16 @@ def _restore_initializers(swapped: list) -> None:
         object.__setattr__(layer, name, value)
 
 
-def _nested_inputs(plan: Plan, key: str | None, model, call_index: int = 0) -> list | None:
-    """New `Input`s for a nested model (or traced layer) whose input channels shrink."""
+def _nested_inputs(plan: Plan, key: str | None, model, shapes: list | None = None) -> list | None:
+    """New `Input`s for a nested model (or traced layer) whose input channels shrink.
+
+    `shapes` overrides the recorded input shapes (a traced layer's general trace).
+    """
     calls = plan.graph.nested.get(key or "", [])
     if not calls:
         return None
-    shapes, chans = calls[min(call_index, len(calls) - 1)]
+    recorded, chans = calls[0]
+    shapes = recorded if shapes is None else shapes
     inputs = []
     for shape, c, t in zip(shapes, chans, model.inputs):
         shape = list(shape)
@@ -142,47 +146,48 @@ def rebuild(plan: Plan) -> keras.Model:
     swapped: list = []
     cache: dict[int, object] = {}
     affected = set(plan.affected_layers)
-    # id(replacement model) -> [key, number of calls cloned so far]
-    replacements: dict[int, list] = {}
-    per_trace: dict[int, keras.Model] = {}
-    layer_of: dict[str, object] = {}  # key of a traced layer -> the layer
+    replacements: dict[str, keras.Model] = {}  # key of a traced layer -> its pruned graph
+    replacing: set[int] = set()
 
-    def clone_nested(model, key, call_index: int = 0, source=None):
+    def clone_nested(model, key, source=None, shapes=None):
         source = model if source is None else source
-        inputs = _nested_inputs(plan, key, source, call_index)
+        inputs = _nested_inputs(plan, key, source, shapes)
         if inputs is not None:
             struct = inputs[0] if isinstance(source, keras.Sequential) else _keras.inputs_struct(source)
             inputs = inputs[0] if isinstance(source, keras.Sequential) else tree.pack_sequence_as(struct, inputs)
         extra = {} if isinstance(source, keras.Sequential) else {"call_function": call_function}
         return keras.models.clone_model(source, input_tensors=inputs, clone_function=clone_function, **extra)
 
-    def replacement(layer, key: str, call_index: int) -> keras.Model:
-        """The traced graph of `layer` at call `call_index`, cloned and pruned (one per distinct trace)."""
-        traces = graph.traced[key]
-        fn = traces[min(call_index, len(traces) - 1)]
-        if id(fn) not in per_trace:
-            new = clone_nested(layer, key, call_index, source=fn)
-            per_trace[id(fn)] = new
-            replacements[id(new)] = [key, 0]
-        return per_trace[id(fn)]
+    def replacement(layer, key: str) -> keras.Model:
+        """The traced graph of `layer`, cloned and pruned: one model for every call of the layer."""
+        if key not in replacements:
+            traces = graph.traced[key]
+            fn, shapes = traces[0], None
+            if any(t is not fn for t in traces[1:]):  # calls of different shapes: one general trace
+                general = tracing.trace_calls(layer, graph.traced_nodes[key])
+                if not general.ok:
+                    raise PruningError(
+                        f"Layer '{key}' ({type(layer).__name__}) is called on inputs of different shapes and "
+                        f"cannot be traced for all of them: {general.reason}"
+                    )
+                fn, shapes = general.model, [tuple(t.shape) for t in general.model.inputs]
+            replacements[key] = clone_nested(layer, key, source=fn, shapes=shapes)
+            replacing.add(id(replacements[key]))
+        return replacements[key]
 
     def call_function(op, *args, **kwargs):
-        entry = replacements.get(id(op))
-        if entry is None:
+        if id(op) not in replacing:
             return op(*args, **kwargs)
-        key, index = entry
-        entry[1] += 1
-        model = replacement(layer_of[key], key, index) if index else op
+        # The traced graph takes the layer's input tensors only (its other arguments are traced in).
         tensors = [x for x in tree.flatten((args, kwargs)) if isinstance(x, _keras.KerasTensor)]
-        return model(tensors[0] if len(tensors) == 1 else tensors)
+        return op(tensors[0] if len(tensors) == 1 else tensors)
 
     def clone_function(layer):
         if id(layer) in cache:
             return cache[id(layer)]
         key = graph._by_id.get(id(layer))
         if key in graph.traced:
-            layer_of[key] = layer
-            new = _clone_traced(plan, layer, key, affected, lambda: replacement(layer, key, 0), pairs, swapped)
+            new = _clone_traced(plan, layer, key, affected, lambda: replacement(layer, key), pairs, swapped)
         elif _keras.functional_of(layer) is not None:
             new = clone_nested(layer, key)
         else:

@@ -100,6 +100,33 @@ def trace_node(op, node) -> Trace:
     return cached
 
 
+def trace_calls(op, nodes) -> Trace:
+    """One trace of `op` valid for every call in `nodes`: dimensions that differ between calls are None.
+
+    A layer shared across calls of different input shapes (a detector's prediction
+    head applied to every pyramid level) is replaced in the pruned model by one
+    graph; it is traced on `Input`s that accept every call's shapes, and checked on
+    the first call's.
+    """
+    first = trace_node(op, nodes[0])
+    shapes = [[tuple(t.shape) for t in n.input_tensors] for n in nodes]
+    if all(s == shapes[0] for s in shapes[1:]) or not first.ok:
+        return first
+    general = [tuple(d if all(s[i][j] == d for s in shapes) else None for j, d in enumerate(shape))
+               for i, shape in enumerate(shapes[0])]  # fmt: skip
+    outs = [[tuple(t.shape) for t in n.outputs] for n in nodes]
+    expected = [tuple(d if all(o[i][j] == d for o in outs) else None for j, d in enumerate(shape))
+                for i, shape in enumerate(outs[0])]  # fmt: skip
+    args, kwargs = _keras.call_arguments(nodes[0])
+    signature = ("general", repr(general), _signature(list(nodes[0].input_tensors), args, kwargs)[1])
+    cached = _cache_of(op).get(signature)
+    if cached is None:
+        inputs = [keras.Input(batch_shape=g, dtype=t.dtype) for g, t in zip(general, nodes[0].input_tensors)]
+        cached = _trace(op, args, kwargs, inputs, expected=expected)
+        _cache_of(op)[signature] = cached
+    return cached
+
+
 def trace_model(model) -> Trace:
     """The trace of a subclassed `keras.Model`, called on `Input`s of its build shapes (cached).
 
