@@ -349,3 +349,69 @@ def test_composite_shared_across_inputs_of_different_sizes_becomes_one_graph():
     pruned, _ = assert_removal_equals_masking(model, {"stem": [0], "head_blk/c1": [1, 2]})
     inner = pruned.get_layer("head_blk")
     assert isinstance(inner, keras.Model) and inner.inputs[0].shape[1:3] == (None, None)
+
+
+class StochasticBlock(L.Layer):
+    """Stochastic depth written as a Python branch on `training`: traced on its inference path."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = L.Conv2D(filters, 3, padding="same", name="conv")
+
+    def call(self, x, training=None):
+        y = self.conv(x)
+        if training:
+            y = y * ops.cast(keras.random.uniform((1,)) > 0.2, y.dtype)
+        return x + y
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def test_a_branch_on_training_is_found_and_removal_warns(caplog):
+    model = block_model(StochasticBlock, seed=10)
+    graph = kp.analyze(model)
+    assert tracing.trace_node(model.get_layer("blk"), graph.traced_nodes["blk"][0]).branches_on_training
+    with caplog.at_level("WARNING", logger="kerasprune"):
+        assert_removal_equals_masking(model, {"stem": [1]})
+    assert "follows its inference path" in caplog.text and "'blk' (StochasticBlock)" in caplog.text
+
+
+def test_plain_block_has_no_training_branch():
+    model = block_model()
+    graph = kp.analyze(model)
+    assert not tracing.trace_node(model.get_layer("blk"), graph.traced_nodes["blk"][0]).branches_on_training
+
+
+def test_sublayer_shared_with_the_outer_model_is_a_barrier():
+    shared = L.Conv2D(6, 1, name="shared")
+
+    class UsesShared(L.Layer):
+        def call(self, x):
+            return shared(x)
+
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 1, name="stem")(i)
+    x = UsesShared(name="wrap")(shared(x))
+    model = _finish(i, L.Conv2D(4, 3, name="tail")(x))
+    graph = kp.analyze(model)
+    reason = graph.group_of("stem").reason
+    assert not graph.group_of("stem").prunable and "also used as" in reason
+
+
+def test_model_with_unbuilt_sublayers_is_refused_without_changing_it():
+    class Lazy(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = L.Conv2D(4, 3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    model = Lazy()
+    with pytest.warns(UserWarning):
+        model.build((None, 8, 8, 3))  # Keras marks it built; its conv is not
+    with pytest.raises(kp.PruningError, match="sublayer .* is not built"):
+        kp.analyze(model)
+    assert not model.weights

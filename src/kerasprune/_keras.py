@@ -31,13 +31,14 @@ __all__ = [
     "config_of",
     "fill_in",
     "functional_of",
-    "inference_context",
+    "call_context",
     "inputs_struct",
     "is_graph_model",
     "missing",
     "nodes_in_order",
     "op_classes",
     "producer_of",
+    "sublayers",
     "recreate",
     "trusted_deserialization",
 ]
@@ -122,6 +123,11 @@ def inputs_struct(model):
     if isinstance(model, keras.Sequential):
         return None
     return model._inputs_struct
+
+
+def sublayers(layer) -> list:
+    """Every layer inside `layer` (recursively), not `layer` itself."""
+    return list(layer._flatten_layers(include_self=False, recursive=True))
 
 
 def build_shapes(layer) -> dict | None:
@@ -229,8 +235,8 @@ def recreate(layer, config: dict):
 
 
 @contextlib.contextmanager
-def inference_context():
-    """Run layer calls as `model.predict` does: `training=False` for every nested call.
+def call_context(training: bool = False):
+    """Run layer calls with `training` set for every nested call, as `model.predict`/`fit` do.
 
     Calling a layer eagerly without `training` is not the same: Keras passes a
     sublayer's own default on to the layers called after it (an image
@@ -240,7 +246,7 @@ def inference_context():
     """
     previous = global_state.get_global_attribute("current_call_ctx")
     context = CallContext(entry_layer=None)
-    context.set_value("training", False)
+    context.set_value("training", training)
     global_state.set_global_attribute("current_call_ctx", context)
     try:
         yield
@@ -270,6 +276,8 @@ def missing() -> list[str]:
             out.append(f"keras.src.backend.common.global_state.{fn_name}")
     if not callable(getattr(CallContext(entry_layer=None), "set_value", None)):
         out.append("CallContext.set_value")
+    if not callable(getattr(keras.layers.Layer(), "_flatten_layers", None)):
+        out.append("Layer._flatten_layers")
     layer = keras.layers.Dense(2)
     layer.build((None, 3))
     if not isinstance(build_shapes(layer), dict):

@@ -197,11 +197,12 @@ class Builder:
 
     def apply(self, op, node, ins: list[Chan], prefix: str) -> list[Chan]:
         key = f"{prefix}{op.name}"
+        shared = self._by_id.get(id(op))
         rec = self.records.get(key)
         if rec is None:
             rule = _ELEMENTWISE if (op.name in self._channelwise or key in self._channelwise) else find_rule(op)
             rec = self.records[key] = LayerRecord(key, op, rule)
-            self._by_id[id(op)] = key
+            self._by_id.setdefault(id(op), key)
             self.order.append(key)
         view = NodeView(
             layer=op,
@@ -221,7 +222,6 @@ class Builder:
                     "no pruning rule is registered for this layer type "
                     "(register one with kerasprune.register_rule)"
                 )
-            shared = self._by_id.get(id(op))
             if shared is not None and shared != key and getattr(op, "weights", None):
                 self._block_record(self.records.get(shared), f"it is also used as '{key}'")
                 raise Barrier(f"the same layer object is also used as '{shared}' (shared across nested graphs)")

@@ -173,6 +173,13 @@ def rebuild(plan: Plan) -> keras.Model:
                 fn, shapes = general.model, [tuple(t.shape) for t in general.model.inputs]
             replacements[key] = clone_nested(layer, key, source=fn, shapes=shapes)
             replacing.add(id(replacements[key]))
+            if tracing.trace_node(layer, graph.traced_nodes[key][0]).branches_on_training:
+                log.warning(
+                    "Layer '%s' (%s) is replaced by its traced graph, which follows its inference path: its "
+                    "call builds another graph when training (a Python branch on `training`, such as "
+                    "stochastic depth), so the pruned model trains without that branch. Register a rule for "
+                    "%s to keep the layer itself.", key, type(layer).__name__, type(layer).__name__,
+                )  # fmt: skip
         return replacements[key]
 
     def call_function(op, *args, **kwargs):

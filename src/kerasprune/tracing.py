@@ -54,11 +54,14 @@ class Trace:
             (in the order of the node's input tensors) and the call's outputs,
             flattened; it shares the layer's sublayers. `None` when refused.
         reason: Why the layer could not be traced faithfully, or `None`.
+        branches_on_training: Its call builds another graph when training (a Python
+            branch on `training`, e.g. stochastic depth): the trace is the inference path.
     """
 
     layer: Any
     model: keras.Model | None
     reason: str | None = None
+    branches_on_training: bool = False
 
     @property
     def ok(self) -> bool:
@@ -206,6 +209,12 @@ def _trace(layer, args, kwargs, inputs: list, expected: list | None) -> Trace:
     name = describe(layer)
     if not layer.built:
         return Trace(layer, None, f"it is not built; call it on data once before pruning ({HINT})")
+    unbuilt = [sub.name for sub in _keras.sublayers(layer) if not sub.built]
+    if unbuilt:
+        return Trace(
+            layer, None, f"its sublayer '{unbuilt[0]}' is not built, and tracing would build it (create "
+            f"weights); build the model first ({HINT})"
+        )  # fmt: skip
     before = {id(v) for v in layer.variables}
     targs, tkwargs = _positional_fill(args, kwargs, inputs)
     try:
@@ -256,7 +265,28 @@ def _trace(layer, args, kwargs, inputs: list, expected: list | None) -> Trace:
             f"difference {diff:.2e}: state, randomness or Python-side effects in call) ({HINT})",
         )
     log.debug("traced %s: %d nodes, check %.1e", name, len(list(_keras.nodes_in_order(model))), diff)
-    return Trace(layer, model)
+    return Trace(layer, model, branches_on_training=_branches_on_training(layer, args, kwargs, inputs, model))
+
+
+def _op_kinds(model) -> list[str]:
+    return [type(n.operation).__name__ for n in _keras.nodes_in_order(model) if not n.is_input]
+
+
+def _branches_on_training(layer, args, kwargs, like: list, model) -> bool:
+    """Whether tracing `layer` in training mode gives another graph than `model` (its inference trace)."""
+    if any(not sub.built for sub in _keras.sublayers(layer)):  # pragma: no cover - refused before
+        return True
+    inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype) for t in like]
+    targs, tkwargs = _positional_fill(args, kwargs, inputs)
+    if "training" in _call_params(layer):
+        tkwargs = {**tkwargs, "training": True}
+    try:
+        with _keras.call_context(training=True):
+            result = tree.flatten(layer.call(*targs, **tkwargs))
+        other = keras.Model(inputs, result)
+    except Exception:  # it cannot even be traced for training: it surely differs
+        return True
+    return _op_kinds(other) != _op_kinds(model)
 
 
 def _same_shape(a: tuple, b: tuple) -> bool:
@@ -310,7 +340,7 @@ def _check(layer, args, kwargs, model) -> float:
     cargs, ckwargs = _positional_fill(args, kwargs, [keras.ops.convert_to_tensor(v) for v in values])
     if "training" in _call_params(layer):
         ckwargs = {**ckwargs, "training": False}
-    with _keras.inference_context():
+    with _keras.call_context(training=False):
         want = tree.flatten(layer(*cargs, **ckwargs))
     got = tree.flatten(model(values[0] if len(values) == 1 else list(values), training=False))
     worst = 0.0
