@@ -209,7 +209,7 @@ def _trace(layer, args, kwargs, inputs: list, expected: list | None) -> Trace:
     name = describe(layer)
     if not layer.built:
         return Trace(layer, None, f"it is not built; call it on data once before pruning ({HINT})")
-    unbuilt = [sub.name for sub in _keras.sublayers(layer) if not sub.built]
+    unbuilt = [sub.name for sub in _keras.sublayers(layer) if _builds_weights_later(sub)]
     if unbuilt:
         return Trace(
             layer, None, f"its sublayer '{unbuilt[0]}' is not built, and tracing would build it (create "
@@ -274,7 +274,7 @@ def _op_kinds(model) -> list[str]:
 
 def _branches_on_training(layer, args, kwargs, like: list, model) -> bool:
     """Whether tracing `layer` in training mode gives another graph than `model` (its inference trace)."""
-    if any(not sub.built for sub in _keras.sublayers(layer)):  # pragma: no cover - refused before
+    if any(_builds_weights_later(sub) for sub in _keras.sublayers(layer)):  # pragma: no cover
         return True
     inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype) for t in like]
     targs, tkwargs = _positional_fill(args, kwargs, inputs)
@@ -287,6 +287,18 @@ def _branches_on_training(layer, args, kwargs, like: list, model) -> bool:
     except Exception:  # it cannot even be traced for training: it surely differs
         return True
     return _op_kinds(other) != _op_kinds(model)
+
+
+#: Keras layer areas whose layers never create weights (merges, reshapes, pooling, ...).
+_WEIGHTLESS_AREAS = ("merging", "reshaping", "pooling", "activations", "regularization", "preprocessing")
+
+
+def _builds_weights_later(layer) -> bool:
+    """An unbuilt sublayer that may create weights when first called (tracing would change the model)."""
+    if layer.built:
+        return False
+    module = type(layer).__module__ or ""
+    return not any(module.startswith(f"keras.src.layers.{area}") for area in _WEIGHTLESS_AREAS)
 
 
 def _same_shape(a: tuple, b: tuple) -> bool:
