@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-tf test-jax test-torch lint bench clean
 
-$(STAMP): pyproject.toml
+# pyproject.toml declares compatible ranges; constraints.txt pins the exact, tested versions.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,jax,torch]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,jax,torch]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -105,7 +105,7 @@ def test_bad_selection_keys_and_types():
     before = _state(model)
     for selection, match in [
         ({"nope": [1]}, r"Unknown layer 'nope' in model 'hostile'"),
-        ({"C1": [1]}, r"Unknown layer 'C1'.*Similar: \['c1'\]"),
+        ({"C1": [1]}, r"Unknown layer 'C1'.*Did you mean 'c1'"),
         ({3: [1]}, r"Layer '3' \(int\) is not part of model 'hostile'"),
         ([("c1", [1])], r"selection must be a mapping.*Received: list"),
         ("c1", r"selection must be a mapping.*Received: str"),

@@ -7,12 +7,14 @@ Core:
 Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
 Workflow:    sensitivity, prune_and_finetune, SoftPruning
 Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
+Deploy:      fold_batchnorm (BatchNorm and other affine layers into convs); kerasprune.export
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
 
 from kerasprune import criteria
 from kerasprune.allocation import select
 from kerasprune.criteria import score
+from kerasprune.deploy import fold_batchnorm
 from kerasprune.errors import (
     ModelLoadError,
     ModelSaveError,
@@ -68,6 +70,7 @@ __all__ = [
     "count_params",
     "criteria",
     "flops_by_layer",
+    "fold_batchnorm",
     "load_model",
     "make_plan",
     "mask_filters",

@@ -29,6 +29,7 @@ __all__ = [
     "build_shapes",
     "call_arguments",
     "config_of",
+    "export_input_signature",
     "fill_in",
     "functional_of",
     "call_context",
@@ -254,6 +255,17 @@ def call_context(training: bool = False):
         global_state.set_global_attribute("current_call_ctx", previous)
 
 
+def export_input_signature(model) -> list:
+    """The input signature `model.export` derives from a Functional or Sequential model's inputs.
+
+    Passing it explicitly lets Keras export a model that was never called (a freshly
+    loaded or rebuilt one), which its ONNX exporter otherwise refuses.
+    """
+    from keras.src.export.export_utils import get_input_signature
+
+    return get_input_signature(model)
+
+
 def missing() -> list[str]:
     """Keras internals kerasprune relies on that the installed Keras lacks (empty when all is well)."""
     out = list(_MISSING)
@@ -282,4 +294,8 @@ def missing() -> list[str]:
     layer.build((None, 3))
     if not isinstance(build_shapes(layer), dict):
         out.append("Layer._build_shapes_dict")
+    try:
+        export_input_signature(fn)
+    except ImportError:
+        out.append("keras.src.export.export_utils.get_input_signature")
     return out

@@ -126,6 +126,7 @@ def select(
     data=None,
     loss=None,
     seed: int = 0,
+    batch_size: int = 32,
     graph: ChannelGraph | None = None,
     channelwise=(),
 ) -> Selection:
@@ -152,9 +153,11 @@ def select(
         include: Layer names or regexes; only groups with a matching producer.
         exclude: Layer names or regexes; a group is left alone when any of its
             member layers (producers, normalizations, consumers) matches.
-        data: Iterable of batches `x` or `(x, y)` for data-driven criteria.
+        data: Data for data-driven criteria: `x`, `(x, y)`, a list of batches, a
+            generator or a dataset (see `kerasprune.data.batches`).
         loss: Loss for `"taylor"`.
         seed: Seed for `"random"`.
+        batch_size: Batch size for in-memory `data` arrays.
         graph: A `ChannelGraph` of `model` to reuse.
         channelwise: Layer names to treat as element-wise (as in `analyze`), when
             `graph` is not given.
@@ -194,7 +197,7 @@ def select(
             skipped.append(SkippedGroup(g.id, g.layers, why))
         else:
             eligible.append(g)
-    scores, unscored = score_groups(graph, crit, eligible, data=data, loss=loss, seed=seed)
+    scores, unscored = score_groups(graph, crit, eligible, data=data, loss=loss, seed=seed, batch_size=batch_size)
     for gid, why in unscored.items():
         skipped.append(SkippedGroup(gid, graph.groups[gid].layers, why))
     eligible = [g for g in eligible if g.id in scores]

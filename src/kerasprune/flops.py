@@ -111,8 +111,15 @@ def _call_macs(call: Call) -> list[tuple[object, int]]:
 def flops_by_layer(model) -> dict[str, int]:
     """Multiply-accumulates per layer for one sample (layers with MACs only).
 
-    Keys are layer keys as in `ChannelGraph` (`outer/inner` inside nested models);
-    a shared layer's calls are summed.
+    Args:
+        model: A built Functional or Sequential `keras.Model` with static input shapes.
+
+    Returns:
+        `{layer key: MACs}`. Keys are layer keys as in `ChannelGraph` (`outer/inner`
+        inside nested models); a shared layer's calls are summed.
+
+    Raises:
+        PruningError: not a Functional/Sequential model, or a shape is not static.
 
     Example:
         >>> kerasprune.flops_by_layer(model)["conv2d"]
@@ -133,6 +140,12 @@ def count_flops(model) -> int:
     See the module docstring for the convention (biases and non-multiplying
     layers are ignored; 1 MAC = one multiply + one add).
 
+    Args:
+        model: A built Functional or Sequential `keras.Model` with static input shapes.
+
+    Returns:
+        The number of MACs (int).
+
     Raises:
         PruningError: not a Functional/Sequential model, or an input size is unknown.
 
@@ -144,7 +157,21 @@ def count_flops(model) -> int:
 
 
 def count_params(model) -> int:
-    """Number of scalars in all of `model`'s weights (trainable or not, each counted once)."""
+    """Number of scalars in all of `model`'s weights (trainable or not, each counted once).
+
+    Args:
+        model: Any built `keras.Model` (or layer).
+
+    Returns:
+        The parameter count (int); a variable shared by several layers counts once.
+
+    Raises:
+        AttributeError: `model` has no `weights` (not a Keras model or layer).
+
+    Example:
+        >>> kerasprune.count_params(model) == model.count_params()
+        True
+    """
     seen: dict[int, int] = {}
     for v in model.weights:
         seen[id(v)] = math.prod(int(d) for d in v.shape)

@@ -9,6 +9,7 @@ classes of unified atoms, numbered in the order of the group's first producer.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -187,8 +188,9 @@ class ChannelGraph:
             return matches[0]
         if len(matches) > 1:
             raise SelectionError(f"Layer name '{layer}' is ambiguous; use one of {matches}")
-        near = [k for k in self.records if layer.lower() in k.lower()][:5]
-        hint = f" Similar: {near}." if near else ""
+        near = difflib.get_close_matches(layer, list(self.records), n=3, cutoff=0.6)
+        near += [k for k in self.records if layer.lower() in k.lower() and k not in near][: 5 - len(near)]
+        hint = f" Did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
         raise SelectionError(f"Unknown layer '{layer}' in model '{self.model.name}'.{hint}")
 
     def layer(self, key: str):

@@ -80,8 +80,14 @@ def mask_filters(
         channelwise: Names of layers (e.g. `Lambda`s) to treat as element-wise,
             as in `analyze`; used when `graph` is not given.
 
+    Returns:
+        None; `model`'s weights are changed in place (its architecture is not).
+
     Raises:
         SelectionError, PruningError: as `remove_filters`.
+
+    Example:
+        >>> kerasprune.mask_filters(model, {"conv2d_1": [4, 7]})  # model now ignores filters 4 and 7
     """
     if isinstance(selection, Plan) and graph is None:
         graph = selection.graph

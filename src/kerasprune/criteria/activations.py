@@ -12,28 +12,18 @@ import numpy as np
 
 from kerasprune import _keras
 from kerasprune.criteria.base import Criterion, CriterionSkip, ScoringContext, register_criterion
+from kerasprune.data import batches
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, Group, functional_of, run_graph
 
 
 def _batches(ctx: ScoringContext, name: str):
+    """The scoring data as `(x, y)` batches (`kerasprune.data.batches`)."""
     if ctx.data is None:
-        raise PruningError(f"Criterion '{name}' is data-driven: pass data=<iterable of batches x or (x, y)>")
-    n = 0
-    for batch in ctx.data:
-        multi = len(ctx.model.inputs) > 1
-        if (
-            isinstance(batch, (tuple, list))
-            and len(batch) in (2, 3)
-            and (not multi or isinstance(batch[0], (list, tuple, dict)))
-        ):
-            x, y = batch[0], batch[1]
-        else:
-            x, y = batch, None
-        n += 1
-        yield x, y
-    if n == 0:
-        raise PruningError(f"Criterion '{name}': data yielded no batches")
+        raise PruningError(
+            f"Criterion '{name}' is data-driven: pass data= (x, (x, y), a list of batches, a generator or a dataset)"
+        )
+    return batches(ctx.data, model=ctx.model, batch_size=ctx.batch_size, where=f"data for criterion '{name}'")
 
 
 def _split(graph: ChannelGraph, groups: list[Group], flat_values: np.ndarray, seen: np.ndarray, reason: str):

@@ -19,6 +19,7 @@ import numpy as np
 
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, Group, graph_for
+from kerasprune.replicas import mean_across_workers
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,18 @@ class ScoringContext:
 
     Attributes:
         graph: The model's `ChannelGraph` (`graph.model` is the model).
-        data: Iterable of batches `x` or `(x, y)` (data-driven criteria only).
+        data: Data for the data-driven criteria, in any form `kerasprune.data.batches`
+            takes (`x`, `(x, y)`, a list of batches, a generator, a dataset).
         loss: Loss for `taylor` (Keras loss, its name, or `fn(y_true, y_pred)`).
         seed: Seed for `random`.
+        batch_size: Batch size for in-memory arrays.
     """
 
     graph: ChannelGraph
-    data: Iterable | None = None
+    data: Any = None
     loss: Any = None
     seed: int = 0
+    batch_size: int = 32
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self):
@@ -142,7 +146,14 @@ class _LayerFn(Criterion):
     def score_group(self, group, ctx):
         parts = []
         for key, w, chan in ctx.kernels(group):
-            s = np.asarray(self.fn(w), dtype=np.float64).reshape(-1)
+            try:
+                s = np.asarray(self.fn(w), dtype=np.float64).reshape(-1)
+            except Exception as e:
+                layer = ctx.graph.records[key].layer
+                raise PruningError(
+                    f"Criterion '{self.name}' failed on layer '{key}' ({type(layer).__name__}), kernel of shape "
+                    f"{w.shape} (filters on the last axis): {type(e).__name__}: {e}"
+                ) from e
             if s.shape != (w.shape[-1],):
                 raise PruningError(
                     f"Criterion '{self.name}' returned {s.shape[0]} scores for layer '{key}' with "
@@ -159,7 +170,15 @@ class _GroupFn(Criterion):
         self.fn, self.name, self.needs_data, self.needs_loss = fn, name, needs_data, needs_loss
 
     def score_group(self, group, ctx):
-        s = np.asarray(self.fn(group, ctx), dtype=np.float64).reshape(-1)
+        try:
+            s = np.asarray(self.fn(group, ctx), dtype=np.float64).reshape(-1)
+        except (CriterionSkip, PruningError):
+            raise
+        except Exception as e:
+            raise PruningError(
+                f"Criterion '{self.name}' failed on group {group.id} (layers {list(group.layers)}): "
+                f"{type(e).__name__}: {e}"
+            ) from e
         if s.shape != (group.size,):
             raise PruningError(
                 f"Criterion '{self.name}' returned {s.shape[0]} scores for group {group.id} of size {group.size}"
@@ -233,26 +252,46 @@ def get_criterion(criterion) -> Criterion:
 
 
 def score_groups(
-    graph: ChannelGraph, criterion, groups: list[Group], *, data=None, loss=None, seed: int = 0
+    graph: ChannelGraph,
+    criterion,
+    groups: list[Group],
+    *,
+    data=None,
+    loss=None,
+    seed: int = 0,
+    batch_size: int = 32,
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Scores of `groups` and the reasons of those that could not be scored."""
     crit = get_criterion(criterion)
     if crit.needs_data and data is None:
-        raise PruningError(f"Criterion '{crit.name}' is data-driven: pass data=<iterable of batches>")
+        raise PruningError(
+            f"Criterion '{crit.name}' is data-driven: pass data= (x, (x, y), a list of batches, a generator "
+            "or a dataset)"
+        )
     if crit.needs_loss and loss is None:
         raise PruningError(f"Criterion '{crit.name}' needs loss=<a Keras loss or fn(y_true, y_pred)>")
-    ctx = ScoringContext(graph, data=data, loss=loss, seed=seed)
+    ctx = ScoringContext(graph, data=data, loss=loss, seed=seed, batch_size=batch_size)
     scores, skipped = {}, {}
     for gid, s in crit.score_groups(list(groups), ctx).items():
         if isinstance(s, CriterionSkip):
             skipped[gid] = f"criterion '{crit.name}': {s.reason}"
         else:
             scores[gid] = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=0.0)
+    if crit.needs_data:  # each worker of a multi-worker job read its own shard: agree on the mean
+        scores = mean_across_workers(scores, graph.model)
     return scores, skipped
 
 
 def score(
-    model, criterion, *, data=None, loss=None, seed: int = 0, graph: ChannelGraph | None = None
+    model,
+    criterion,
+    *,
+    data=None,
+    loss=None,
+    seed: int = 0,
+    batch_size: int = 32,
+    graph: ChannelGraph | None = None,
+    channelwise=(),
 ) -> dict[int, np.ndarray]:
     """Importance of every channel of every prunable group (higher = more important).
 
@@ -261,17 +300,28 @@ def score(
         criterion: A name (`'l1'`, `'l2'`, `'mean'`, `'bn_gamma'`, `'fpgm'`, `'zero'`,
             `'random'`, `'apoz'`, `'mean_activation'`, `'taylor'`) or a callable
             (see `layer_criterion` / `group_criterion`).
-        data: Iterable of batches `x` or `(x, y)`, read once, batch by batch.
+        data: Data for data-driven criteria: `x`, `(x, y)`, a list of batches, a
+            generator, a `tf.data.Dataset`, a `keras.utils.PyDataset` or a torch
+            `DataLoader` (see `kerasprune.data.batches`); read once, batch by batch.
         loss: Loss for `'taylor'`.
         seed: Seed for `'random'`.
+        batch_size: Batch size for in-memory arrays.
         graph: A `ChannelGraph` of `model` to reuse.
+        channelwise: Layer names to treat as element-wise (as in `analyze`), when
+            `graph` is not given.
 
     Returns:
         `{group id: scores}`; groups the criterion cannot score are left out.
 
     Raises:
         PruningError: unknown criterion, missing data or loss.
+
+    Example:
+        >>> scores = kerasprune.score(model, "l1")
+        >>> {gid: s.argmin() for gid, s in scores.items()}  # the weakest channel of every group
     """
-    graph = graph_for(model, graph)
-    scores, _ = score_groups(graph, criterion, list(graph.prunable_groups), data=data, loss=loss, seed=seed)
+    graph = graph_for(model, graph, channelwise=channelwise)
+    scores, _ = score_groups(
+        graph, criterion, list(graph.prunable_groups), data=data, loss=loss, seed=seed, batch_size=batch_size
+    )
     return scores

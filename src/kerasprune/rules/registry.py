@@ -28,7 +28,11 @@ def register_rule(layer_class: type, rule: Rule | None = None):
         The rule (or, as a decorator, the rule class).
 
     Raises:
-        TypeError: `layer_class` is not a class or `rule` is not a `Rule`.
+        TypeError: `layer_class` is not a class, or `rule` does not keep the rule
+            contract (not a `Rule`, or no `analyze`); the message names what is missing.
+
+    Example:
+        >>> kerasprune.register_rule(MyScale, kerasprune.ChannelParams(("scale",), config_key="channels"))
     """
     if not isinstance(layer_class, type):
         raise TypeError(f"register_rule expects a class. Received: {layer_class!r}")
@@ -62,7 +66,20 @@ def check_rule(rule) -> None:
 
 
 def unregister_rule(layer_class: type) -> None:
-    """Remove the rule registered for exactly `layer_class` (no-op if none)."""
+    """Remove the rule registered for exactly `layer_class` (no-op if none).
+
+    Args:
+        layer_class: The class given to `register_rule` (subclasses keep their own rules).
+
+    Returns:
+        None.
+
+    Raises:
+        Nothing: unregistering a class without a rule does nothing.
+
+    Example:
+        >>> kerasprune.unregister_rule(MyScale)  # MyScale is a barrier again
+    """
     _RULES.pop(layer_class, None)
 
 
