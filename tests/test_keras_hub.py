@@ -38,7 +38,7 @@ def removal_equals_masking(model, size, plan):
     masked = predict(model, x)
     scale = max(1.0, max(float(np.abs(m).max()) for m in masked))
     assert max(float(np.abs(a - b).max()) for a, b in zip(got, masked)) / scale < 1e-4
-    assert max(float(np.abs(a - b).max()) for a, b in zip(before, masked)) > 1e-4  # not a no-op
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, masked)) > 1e-6  # not a no-op
     assert pruned.count_params() < model.count_params()
     return pruned, x, got
 

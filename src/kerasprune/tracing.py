@@ -139,6 +139,12 @@ def trace_model(model) -> Trace:
     shapes = _build_shapes(model)
     if isinstance(shapes, str):
         return Trace(model, None, shapes)
+    unbuilt = [sub.name for sub in _keras.sublayers(model) if _builds_weights_later(sub)]
+    if unbuilt and not model.weights:  # `model.build(shape)` on a model without a build() of its own
+        return Trace(
+            model, None, f"its sublayer '{unbuilt[0]}' is not built, and tracing would build it (create "
+            "weights); call the model on data once first"
+        )  # fmt: skip
     signature = ("model", repr(shapes))
     cached = _cache_of(model).get(signature)
     if cached is None:
@@ -209,12 +215,6 @@ def _trace(layer, args, kwargs, inputs: list, expected: list | None) -> Trace:
     name = describe(layer)
     if not layer.built:
         return Trace(layer, None, f"it is not built; call it on data once before pruning ({HINT})")
-    unbuilt = [sub.name for sub in _keras.sublayers(layer) if _builds_weights_later(sub)]
-    if unbuilt:
-        return Trace(
-            layer, None, f"its sublayer '{unbuilt[0]}' is not built, and tracing would build it (create "
-            f"weights); build the model first ({HINT})"
-        )  # fmt: skip
     before = {id(v) for v in layer.variables}
     targs, tkwargs = _positional_fill(args, kwargs, inputs)
     try:
@@ -274,8 +274,6 @@ def _op_kinds(model) -> list[str]:
 
 def _branches_on_training(layer, args, kwargs, like: list, model) -> bool:
     """Whether tracing `layer` in training mode gives another graph than `model` (its inference trace)."""
-    if any(_builds_weights_later(sub) for sub in _keras.sublayers(layer)):  # pragma: no cover
-        return True
     inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype) for t in like]
     targs, tkwargs = _positional_fill(args, kwargs, inputs)
     if "training" in _call_params(layer):
@@ -294,7 +292,14 @@ _WEIGHTLESS_AREAS = ("merging", "reshaping", "pooling", "activations", "regulari
 
 
 def _builds_weights_later(layer) -> bool:
-    """An unbuilt sublayer that may create weights when first called (tracing would change the model)."""
+    """An unbuilt sublayer that may create weights when first called.
+
+    Inside a Functional graph every sublayer a composite's `call` uses was built when
+    the graph was made (an unbuilt one is one `call` never uses: keras_hub's
+    FusedMBConv keeps squeeze-excite convs it does not call); a subclassed model that
+    was only `build()`-marked has them all unbuilt. Keras's merging, reshaping and
+    pooling layers never create weights.
+    """
     if layer.built:
         return False
     module = type(layer).__module__ or ""
