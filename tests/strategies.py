@@ -499,3 +499,57 @@ def _block_recurrent(c: _Ctx, x):
 
 BLOCKS["attention"] = _block_attention
 BLOCKS["recurrent"] = _block_recurrent
+
+
+# ======================================================================================
+# Composite layers (issue 17, tracing): a `Layer` subclass built from sublayers and
+# `keras.ops`, the way keras_hub writes its blocks. kerasprune has no rule for it and
+# traces its `call` (kerasprune.tracing); the removed model holds its pruned graph as
+# a nested Functional model when touched, the block itself when not.
+# ======================================================================================
+@keras.saving.register_keras_serializable(package="kerasprune_fuzz")
+class FuzzBlock(keras.layers.Layer):
+    """conv -> (BN) -> relu -> conv, plus the input (`x + y`), in any data format and rank."""
+
+    def __init__(self, filters, channels, dims=2, data_format="channels_last", use_bn=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.channels, self.dims = filters, channels, dims
+        self.data_format, self.use_bn = data_format, use_bn
+        conv = getattr(L, f"Conv{dims}D")
+        self.c1 = conv(filters, 3, padding="same", data_format=data_format, name="c1")
+        axis = 1 if data_format == "channels_first" else -1
+        self.bn = L.BatchNormalization(axis=axis, name="bn") if use_bn else None
+        self.c2 = conv(channels, 1, data_format=data_format, name="c2")
+
+    def build(self, input_shape):
+        self.c1.build(input_shape)
+        inner = self.c1.compute_output_shape(input_shape)
+        if self.bn is not None:
+            self.bn.build(inner)
+        self.c2.build(inner)
+
+    def call(self, x, training=None):
+        y = self.c1(x)
+        if self.bn is not None:  # a Python branch on the config: traced as written
+            y = self.bn(y, training=training)
+        return x + self.c2(keras.ops.relu(y))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "channels": self.channels,
+            "dims": self.dims,
+            "data_format": self.data_format,
+            "use_bn": self.use_bn,
+        }
+
+
+def _block_composite(c: _Ctx, x):
+    if c.chans(x) > MAX_CHANNELS:  # see KERAS_CHANNELS_FIRST_BIAS_BUG
+        return _block_conv(c, x)
+    block = FuzzBlock(c.width(), c.chans(x), c.dims, c.fmt, use_bn=c.d.boolean(), name=c.name("composite"))
+    return block(x)
+
+
+BLOCKS["composite"] = _block_composite

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasprune import _keras
 from kerasprune.errors import PruningError, SelectionError, UnsupportedLayerError
 from kerasprune.graph import ChannelGraph
 
@@ -169,7 +170,7 @@ def _config_changes(plan: Plan, rec) -> bool:
     from kerasprune.surgery import new_config
 
     try:
-        return new_config(plan, rec, rec.layer) != rec.layer.get_config()
+        return new_config(plan, rec, rec.layer) != _keras.config_of(rec.layer)
     except PruningError:
         return True
 
