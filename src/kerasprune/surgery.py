@@ -57,7 +57,7 @@ def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list:
     Untouched variables are passed on as backend tensors (`variable.value`): no
     host copy; only the sliced ones go through NumPy, one variable at a time.
     """
-    variables = layer.weights
+    variables = _keras.weights_of(layer)
     # A copy: on JAX, `assign` keeps the very array it is given, and `predict_on_batch` donates
     # (deletes) its model's arrays, so a shared array would break the other model.
     weights: list = [keras.ops.copy(v.value) for v in variables]
@@ -146,7 +146,7 @@ def rebuild(plan: Plan) -> keras.Model:
             # Python function may be rebuilt (Keras refuses it in its default safe mode).
             with _keras.trusted_deserialization():
                 new = layer.__class__.from_config(new_config(plan, rec, layer))
-            if getattr(layer, "weights", None):
+            if _keras.weights_of(layer):
                 _defer_initializers(new, swapped)
             pairs.append((layer, new, rec))
         cache[id(layer)] = new
@@ -161,7 +161,7 @@ def rebuild(plan: Plan) -> keras.Model:
     finally:
         _restore_initializers(swapped)
     for layer, new, rec in pairs:
-        if not getattr(layer, "weights", None):
+        if not _keras.weights_of(layer):
             continue
         weights = _new_weights(plan, rec, layer)
         try:
