@@ -332,6 +332,17 @@ def _finish(graph: ChannelGraph, removed_flat: np.ndarray, touched: dict[int, se
                 f"removes {counts} (one count per group); remove whole per-group slots or the same number "
                 "from each group"
             )
+    if removed:  # a part of a group (`x[..., :4]`, one output of `ops.split`) must keep a channel too
+        for key in graph.order:
+            rec = graph.records[key]
+            for call in rec.calls if rec.produces is None else ():
+                for out in call.outputs:
+                    if out is not None and len(out) and atom_removed[out].all():
+                        gids = sorted(set(graph.atom_group[out].tolist()))
+                        raise PruningError(
+                            f"Selection removes all {len(out)} channels of the output of '{key}' "
+                            f"({type(rec.layer).__name__}), a part of group {gids[0]}; at least one must remain"
+                        )
     plan = Plan(graph, removed, atom_removed)
     if plan.is_empty:
         log.debug("kerasprune: empty selection, nothing to remove")

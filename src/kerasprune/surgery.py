@@ -20,7 +20,7 @@ from kerasprune import _keras
 from kerasprune.errors import PruningError
 from kerasprune.graph import CallRecord, ChannelGraph, LayerRecord, functional_of, graph_for
 from kerasprune.plan import Plan, make_plan
-from kerasprune.rules.base import NodeIO
+from kerasprune.rules.base import NodeIO, Rule
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,29 @@ def _nested_inputs(plan: Plan, key: str | None, model) -> list | None:
     return inputs
 
 
+class _RuleCall:
+    """A rebuilt operation called through its rule's `rebuild_call` (one `NodeIO` per call)."""
+
+    def __init__(self, op, rule: Rule, ios: list[NodeIO]):
+        self.op, self.rule, self.ios, self.calls = op, rule, ios, 0
+
+    def __call__(self, *args, **kwargs):
+        io = self.ios[min(self.calls, len(self.ios) - 1)]
+        self.calls += 1
+        return self.rule.rebuild_call(self.op, args, kwargs, io)
+
+
+def _with_call_rule(plan: Plan, rec: LayerRecord | None, new):
+    """`new`, or a wrapper calling it through its rule when the rule rewrites call arguments."""
+    if rec is None or rec.rule is None or rec.barrier or not rec.calls:
+        return new
+    if type(rec.rule).rebuild_call is Rule.rebuild_call or isinstance(new, keras.layers.Layer):
+        return new
+    if not plan.touches([a for call in rec.calls for a in call.atoms()]):
+        return new
+    return _RuleCall(new, rec.rule, [_io(plan, call) for call in rec.calls])
+
+
 def rebuild(plan: Plan) -> keras.Model:
     """Build the smaller model that `plan` describes (the original is untouched)."""
     graph = plan.graph
@@ -149,6 +172,7 @@ def rebuild(plan: Plan) -> keras.Model:
             if _keras.weights_of(layer):
                 _defer_initializers(new, swapped)
             pairs.append((layer, new, rec))
+            new = _with_call_rule(plan, rec, new)
         cache[id(layer)] = new
         return new
 

@@ -144,6 +144,11 @@ class Rule:
     - `rebuild_config(layer, config, io)`: the config of the smaller layer,
       given the keep masks of its inputs and outputs (`NodeIO`). Default:
       unchanged (weightless or per-channel layers whose config holds no width).
+    - `rebuild_call(op, args, kwargs, io)`: call the rebuilt layer or operation
+      on the smaller model's tensors and return its outputs. Default:
+      `op(*args, **kwargs)`. For `keras.ops` operations whose *call arguments*
+      hold channel counts or per-channel values (a slicing key, a constant
+      operand), which `rebuild_config` cannot reach.
     - `macs(layer, in_shapes, out_shapes)`: the multiply-accumulates of one
       call for one sample, as `[(weight variable, positions)]` (the call costs
       `sum(positions * variable.size)`). Default: none (normalizations,
@@ -165,6 +170,10 @@ class Rule:
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         """Return the config of the smaller layer. Default: unchanged."""
         return config
+
+    def rebuild_call(self, op, args: tuple, kwargs: dict, io: NodeIO):
+        """The outputs of the rebuilt `op` on the smaller model's tensors. Default: `op(*args, **kwargs)`."""
+        return op(*args, **kwargs)
 
     def macs(self, layer, in_shapes: list[tuple], out_shapes: list[tuple]) -> list[tuple[Any, int]]:
         """`[(variable, positions)]`: the MACs of one call per sample. Default: none."""
