@@ -155,6 +155,13 @@ def glu_normalize_softmax():
     return finish(i, head(conv(3, "c3")(x))), {"c1": [0, 2]}
 
 
+def reversed_slices():  # negative steps: PyTorch's getitem refuses them, so TensorFlow/JAX only
+    i = keras.Input((8, 8, 3))
+    x = conv(10, "c1")(i)
+    ys = [conv(2, f"p{k}")(p) for k, p in enumerate([x[..., ::-1], x[..., 8:2:-2], x[..., ::-3]])]
+    return finish(i, head(ops.concatenate(ys, axis=-1))), {"c1": [0, 4, 6]}
+
+
 def reshape_flatten():
     i = keras.Input((4, 4, 3))
     x = ops.reshape(conv(5, "c1")(i), (-1, 80))
@@ -177,6 +184,7 @@ TOPOLOGIES = {
     "tile_repeat_stack": tile_repeat_stack,
     "glu_normalize_softmax": glu_normalize_softmax,
     "reshape_flatten": reshape_flatten,
+    "reversed_slices": reversed_slices,
 }
 CORE = ("elementwise_chain", "per_channel_constants", "squeeze_excite_ops", "csp_split", "slicing", "moving_axes")
 
@@ -279,6 +287,7 @@ BARRIERS = {
     "moves channels to spatial positions": lambda x: ops.depth_to_space(ops.concatenate([x, x], -1), 2),
     "takes channel 3 alone, without a channel axis": lambda x: x[..., 3],
     "cumsum over the channel axis mixes channels": lambda x: ops.cumsum(x, axis=-1),
+    "cannot be re-created from its config": lambda x: ops.clip(x, np.zeros(6, "float32"), 1.0),
 }
 
 

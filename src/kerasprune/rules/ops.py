@@ -69,7 +69,38 @@ def _name(view: NodeView) -> str:
     return type(view.layer).__name__
 
 
-class ElementwiseOpRule(Rule):
+def check_config(view: NodeView) -> None:
+    """A barrier when the operation cannot be re-created from its config (found now, not at removal).
+
+    Keras builds an operation's config from its constructor arguments; one made with an
+    array or another object (`ops.clip(x, np.zeros(C), 1.0)`) has none.
+    """
+    try:
+        view.layer.get_config()
+    except Exception as e:
+        why = " ".join(str(e).split()).split(". ")[0][:200] or type(e).__name__
+        raise Barrier(f"cannot be re-created from its config, so not in a smaller model: {why}") from None
+
+
+class OperationRule(Rule):
+    """Base of the `keras.ops` rules: weightless, one call at a time, re-created from config.
+
+    Subclasses implement `channels(view, g)` (what `analyze` does for a layer rule);
+    `analyze` first checks that the operation can be rebuilt when its channels can change.
+    """
+
+    couples_calls = False
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        if any(not c.frozen for c in view.inputs):
+            check_config(view)
+        return self.channels(view, g)
+
+    def channels(self, view: NodeView, g) -> list[Chan]:  # pragma: no cover - every subclass has one
+        raise NotImplementedError
+
+
+class ElementwiseOpRule(OperationRule):
     """An element-wise operation (`x + 3.0`, `ops.relu(x)`, `ops.where(c, x, y)`).
 
     Tensor operands are coupled like `Add`'s inputs. A constant operand must
@@ -77,9 +108,7 @@ class ElementwiseOpRule(Rule):
     per-channel constant is sliced in the smaller model.
     """
 
-    couples_calls = False
-
-    def analyze(self, view: NodeView, g) -> list[Chan]:
+    def channels(self, view: NodeView, g) -> list[Chan]:
         if len(view.out_shapes) != 1:
             raise Barrier("has several outputs")
         (out,) = _couple(view, g)
@@ -127,7 +156,7 @@ def _axes_of(op, view: NodeView, attr: str = "axis", default=None) -> list[int] 
     return sorted({norm_axis(int(a), view.rank()) for a in axes})
 
 
-class AxisOpRule(Rule):
+class AxisOpRule(OperationRule):
     """An operation along one axis: per channel unless that axis holds the channels.
 
     Args:
@@ -137,12 +166,10 @@ class AxisOpRule(Rule):
         default_axis: The axis when the operation has no `axis` attribute (`top_k`: -1).
     """
 
-    couples_calls = False
-
     def __init__(self, what: str, on_channels: str = "barrier", default_axis: int | None = None):
         self.what, self.on_channels, self.default_axis = what, on_channels, default_axis
 
-    def analyze(self, view: NodeView, g) -> list[Chan]:
+    def channels(self, view: NodeView, g) -> list[Chan]:
         frozen = _frozen(view)
         if frozen:
             return frozen
@@ -165,7 +192,7 @@ class AxisOpRule(Rule):
         raise Barrier(f"{self.what} over the channel axis mixes channels")
 
 
-class ReduceOpRule(Rule):
+class ReduceOpRule(OperationRule):
     """A reduction (`mean`, `max`, `sum`, `argmax`, `moments`, ...) over the axes in `op.axis`.
 
     Over non-channel axes the channels survive (their axis moves down by the
@@ -173,12 +200,10 @@ class ReduceOpRule(Rule):
     or over every axis (`axis=None`), the channels mix: a barrier.
     """
 
-    couples_calls = False
-
     def __init__(self, what: str, attr: str = "axis"):
         self.what, self.attr = what, attr
 
-    def analyze(self, view: NodeView, g) -> list[Chan]:
+    def channels(self, view: NodeView, g) -> list[Chan]:
         frozen = _frozen(view)
         if frozen:
             return frozen
@@ -197,16 +222,14 @@ class ReduceOpRule(Rule):
         return [Chan(axis + len(s) - expected, atoms) for s in view.out_shapes]
 
 
-class SpatialOpRule(Rule):
+class SpatialOpRule(OperationRule):
     """Pooling, resizing, padding, cropping, blurring images: per channel, `data_format` aware.
 
     Tensor operands other than the image (an affine transform's parameters)
     are read as values: their channels may not be removed.
     """
 
-    couples_calls = False
-
-    def analyze(self, view: NodeView, g) -> list[Chan]:
+    def channels(self, view: NodeView, g) -> list[Chan]:
         frozen = _frozen(view)
         for i, c in enumerate(view.inputs[1:], start=1):
             if not c.frozen:
@@ -294,4 +317,4 @@ register_many(
     OpBarrier("moves spatial positions into the channel axis"),
 )
 
-__all__ = ["AxisOpRule", "ElementwiseOpRule", "OpBarrier", "OpRule", "ReduceOpRule", "SpatialOpRule"]
+__all__ = ["AxisOpRule", "ElementwiseOpRule", "OpBarrier", "OpRule", "OperationRule", "ReduceOpRule", "SpatialOpRule"]

@@ -26,8 +26,9 @@ from keras import ops as kops
 
 from kerasprune._keras import KerasTensor, call_arguments, op_classes
 from kerasprune.errors import PruningError
-from kerasprune.rules.base import Barrier, Chan, NodeIO, NodeView, Rule, kept, norm_axis
+from kerasprune.rules.base import Barrier, Chan, NodeIO, NodeView, kept, norm_axis
 from kerasprune.rules.merging import ConcatenateRule
+from kerasprune.rules.ops import OperationRule, check_config
 from kerasprune.rules.registry import register_many, register_rule
 from kerasprune.rules.reshaping import channel_grid, read_channel_axis
 
@@ -66,7 +67,7 @@ def _ranks(keep: np.ndarray) -> np.ndarray:
     return np.cumsum(keep) - 1
 
 
-class IndexOpRule(Rule):
+class IndexOpRule(OperationRule):
     """An operation that moves or copies positions without computing: a NumPy equivalent per class.
 
     Args:
@@ -76,12 +77,10 @@ class IndexOpRule(Rule):
         what: Name used in barrier reasons.
     """
 
-    couples_calls = False
-
     def __init__(self, numpy_fn, what: str):
         self.numpy_fn, self.what = numpy_fn, what
 
-    def analyze(self, view: NodeView, g) -> list[Chan]:
+    def channels(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
         if len(view.inputs) > 1:
             raise Barrier(f"{self.what} with a tensor argument (indices, start positions) is not followed")
@@ -302,18 +301,20 @@ def _split_axis(op, rank):
     return norm_axis(int(op.axis), rank)
 
 
-class PadRule(Rule):
+class PadRule(OperationRule):
     """`ops.pad`: channels stay on their axis unless the channel axis itself is padded."""
 
-    couples_calls = False
-
-    def analyze(self, view: NodeView, g) -> list[Chan]:
+    def channels(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
         if c.frozen:
             return [c]
         pads = np.broadcast_to(np.asarray(view.layer.pad_width, dtype=np.int64).reshape(-1, 2), (view.rank(), 2))
         if pads[c.axis].any():
             raise Barrier(f"pads the channel axis by {pads[c.axis].tolist()}")
+        args, kwargs = call_arguments(view.node)
+        fill = args[1] if len(args) > 1 else kwargs.get("constant_values")
+        if fill is not None and np.size(fill) > 1:
+            raise Barrier(f"pads with an array of constant values of shape {np.shape(fill)}")
         return [Chan(c.axis, g.expect(view, 0, c.axis))]
 
 
@@ -321,6 +322,8 @@ class ConcatOpRule(ConcatenateRule):
     """`ops.concatenate` / `ops.append`: offsets along the channel axis, like the `Concatenate` layer."""
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
+        if any(not c.frozen for c in view.inputs):
+            check_config(view)
         args, _ = call_arguments(view.node)
         values = list(args[0]) if isinstance(args[0], (list, tuple)) else list(args[:2])
         if not all(isinstance(v, KerasTensor) for v in values):
@@ -330,12 +333,10 @@ class ConcatOpRule(ConcatenateRule):
         return super().analyze(view, g)
 
 
-class StackOpRule(Rule):
+class StackOpRule(OperationRule):
     """`ops.stack`: a new axis; the inputs' channels are coupled, like `Add`'s."""
 
-    couples_calls = False
-
-    def analyze(self, view: NodeView, g) -> list[Chan]:
+    def channels(self, view: NodeView, g) -> list[Chan]:
         args, _ = call_arguments(view.node)
         if not all(isinstance(v, KerasTensor) for v in args[0]):
             raise Barrier("stacks a constant with tensors")
