@@ -45,16 +45,18 @@ def _read(out: np.ndarray, in_axis: int, what: str) -> Chan | None:
     """Channel axis and positions of one output grid; None when one channel fills it with no channel axis."""
     if out.size == 0:
         raise Barrier(f"{what} gives an empty tensor")
-    if out.min() == out.max():  # one channel: on a size-1 axis if there is one
+    # Axes the grid is only broadcast along (stride 0) hold the same values: look at one slice of them.
+    small = out[tuple(slice(0, 1) if st == 0 else slice(None) for st in out.strides)] if out.ndim > 1 else out
+    if small.min() == small.max():  # one channel: on a size-1 axis if there is one
         ones = [ax for ax in range(1, out.ndim) if out.shape[ax] == 1]
         if ones:
             ax = in_axis if in_axis in ones else ones[-1]
-            return Chan(ax, np.asarray([out.flat[0]]))
+            return Chan(ax, small.reshape(-1)[:1].copy())
         if out.ndim == 2 and out.shape[1] > 1:
-            return Chan(1, np.ascontiguousarray(out[0]))
+            return Chan(1, np.full(out.shape[1], small.flat[0]))
         return None
     try:
-        chan = read_channel_axis(out, offset=0)
+        chan = read_channel_axis(small, offset=0)
     except Barrier:
         raise Barrier(f"{what} mixes the channel axis with other axes") from None
     if chan.axis == 0:
@@ -71,9 +73,9 @@ class IndexOpRule(OperationRule):
     """An operation that moves or copies positions without computing: a NumPy equivalent per class.
 
     Args:
-        numpy_fn: `numpy_fn(op, grid, args) -> array or list of arrays`, the
-            operation applied to a NumPy grid (`args`: the node's call arguments
-            after the tensor).
+        numpy_fn: `numpy_fn(op, grid, args, kwargs) -> array or list of arrays`,
+            the operation applied to a NumPy grid (`args`, `kwargs`: the node's
+            call arguments after the tensor).
         what: Name used in barrier reasons.
     """
 
