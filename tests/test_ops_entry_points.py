@@ -109,6 +109,15 @@ def test_sensitivity_and_reports_on_an_ops_model():
     assert comparison.to_dict()["after"]["params"] == pruned.count_params()
 
 
+def test_fold_batchnorm_on_an_ops_model():
+    from kerasprune.deploy import fold_batchnorm
+
+    model = ops_model()
+    folded = fold_batchnorm(model)
+    assert "bn1" not in [layer.name for layer in folded.layers]
+    assert max_output_difference(model, folded, random_input(model)) < 1e-5
+
+
 @pytest.fixture()
 def model_file(tmp_path):
     path = tmp_path / "ops_net.keras"
