@@ -356,6 +356,7 @@ def draw_selection(d: RandomDraw, graph) -> tuple[dict, dict[str, int]]:
             own = set(pc[pg == g.id].tolist())
             if own <= picked:
                 picked.discard(min(own))
+        _keep_one_per_part(graph, g, picked)  # slices and splits of the group (keras.ops section)
         if not picked:
             continue
         k = len(picked)
@@ -553,3 +554,94 @@ def _block_composite(c: _Ctx, x):
 
 
 BLOCKS["composite"] = _block_composite
+
+
+# =============================================================================================
+# keras.ops vocabulary: element-wise ops with constants, squeeze-excite written with ops,
+# CSP-style splits and channel slices, reductions with keepdims, spatial pads, transposes.
+# Rules: src/kerasprune/rules/ops.py and ops_index.py.
+# =============================================================================================
+def _keep_one_per_part(graph, g, picked: set) -> None:
+    """Keep a channel of every slice or split of group `g` (removal may not empty a tensor)."""
+    from kerasprune.plan import group_parts
+
+    for gid, _, chans in group_parts(graph):
+        own = set(chans.tolist())
+        if gid == g.id and own <= picked:
+            picked.discard(min(own))
+
+
+def _ops_spatial(c: _Ctx) -> tuple[int, ...]:
+    return tuple(range(2, 2 + c.dims)) if c.fmt == "channels_first" else tuple(range(1, 1 + c.dims))
+
+
+def _ops_per_channel(c: _Ctx, values: np.ndarray) -> np.ndarray:
+    """A per-channel constant shaped to broadcast against the feature map."""
+    values = values.astype("float32")
+    return values.reshape((-1,) + (1,) * c.dims) if c.fmt == "channels_first" else values
+
+
+def _block_ops_elementwise(c: _Ctx, x):
+    ch = c.chans(x)
+    kind = c.d.choice(["relu", "swish", "affine", "where", "minmax", "residual"])
+    if kind == "relu":
+        return keras.ops.relu(x)
+    if kind == "swish":
+        return keras.activations.swish(x)
+    if kind == "affine":  # per-channel scale and shift: sliced with the channels
+        scale = _ops_per_channel(c, np.linspace(0.5, 1.5, ch))
+        return x * scale + _ops_per_channel(c, np.linspace(-0.5, 0.5, ch))
+    if kind == "where":
+        return keras.ops.where(x > 0.0, x, 0.1 * x)
+    if kind == "minmax":
+        return keras.ops.maximum(x, 0.0) - keras.ops.minimum(x, -0.5) * 0.5
+    y = _act(c, _bn(c, _conv(c, x, filters=ch)))
+    return keras.ops.add(x, y) if c.d.boolean() else keras.ops.multiply(y, keras.ops.sigmoid(x))
+
+
+def _block_ops_se(c: _Ctx, x):
+    ch, spatial, keep = c.chans(x), _ops_spatial(c), c.d.boolean()
+    s = keras.ops.mean(x, axis=spatial, keepdims=keep) if c.d.boolean() else keras.ops.max(x, axis=spatial, keepdims=keep)
+    if not keep:  # ops.reshape(gap, (-1, 1, 1, C)): the channel entry is rewritten on removal
+        ones = (1,) * c.dims
+        s = keras.ops.reshape(s, (-1, ch) + ones if c.fmt == "channels_first" else (-1,) + ones + (ch,))
+    s = c.cls("Conv")(c.d.integer(1, 4), 1, data_format=c.fmt, activation="relu", name=c.name("ops_se_reduce"))(s)
+    s = keras.ops.sigmoid(c.cls("Conv")(ch, 1, data_format=c.fmt, name=c.name("ops_se_expand"))(s))
+    return x * s if c.d.boolean() else x - s
+
+
+def _block_ops_split(c: _Ctx, x):
+    ch = c.chans(x)
+    if ch < 2:
+        return _block_ops_elementwise(c, x)
+    k = c.d.integer(1, ch - 1)
+    ax = 1 if c.fmt == "channels_first" else len(x.shape) - 1
+    if c.d.boolean():
+        a, b = keras.ops.split(x, [k], axis=ax)
+    else:  # slicing along the channel axis: x[..., :k], x[..., k:]
+        lead = (slice(None),) if c.fmt == "channels_first" else (Ellipsis,)
+        a, b = x[lead + (slice(None, k),)], x[lead + (slice(k, None),)]
+    b = _act(c, _conv(c, b, filters=c.d.integer(1, max(1, MAX_CHANNELS - k))))
+    return keras.ops.concatenate([a, b] if c.d.boolean() else [b, a], axis=ax)
+
+
+def _block_ops_spatial(c: _Ctx, x):
+    kind = c.d.choice(["center", "pad", "transpose"])
+    spatial = _ops_spatial(c)
+    if kind == "center":  # a reduction over spatial axes with keepdims
+        return x - keras.ops.max(x, axis=spatial, keepdims=True)
+    if kind == "pad" and c.size(x) <= 12:
+        pads = [(0, 0)] * len(x.shape)
+        for a in spatial:
+            pads[a] = (1, 1)
+        return keras.ops.pad(x, pads)
+    # channels to the front and back again, with an element-wise op in between
+    ax = 1 if c.fmt == "channels_first" else len(x.shape) - 1
+    y = keras.ops.moveaxis(x, ax, 1 if ax != 1 else -1)
+    return keras.ops.moveaxis(keras.ops.tanh(y), 1 if ax != 1 else -1, ax)
+
+
+BLOCKS["ops_elementwise"] = _block_ops_elementwise
+BLOCKS["ops_se"] = _block_ops_se
+BLOCKS["ops_split"] = _block_ops_split
+BLOCKS["ops_spatial"] = _block_ops_spatial

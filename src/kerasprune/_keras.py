@@ -44,6 +44,7 @@ __all__ = [
     "recreate",
     "sublayers",
     "trusted_deserialization",
+    "weights_of",
 ]
 
 #: Names looked up but not found in the installed Keras ("module.Name").
@@ -82,6 +83,17 @@ def attention_gate(layer):
 
 
 # -- the symbolic graph -------------------------------------------------------------------------
+def weights_of(op) -> list:
+    """The variables of the operation behind a graph node, in `layer.weights` order.
+
+    A node's operation is a `keras.layers.Layer` or a plain `keras.Operation` (a
+    `keras.ops` call on a symbolic tensor: `ops.relu(x)`, `x * 0.5`, `x[..., :8]`),
+    which has no variables and no `weights` attribute. Every pass over the graph
+    reads variables through this accessor.
+    """
+    return list(op.weights) if isinstance(op, keras.layers.Layer) else []
+
+
 def functional_of(op):
     """The Functional graph behind a nested model, or None for a plain layer or operation.
 

@@ -22,7 +22,7 @@ from kerasprune import _keras, tracing
 from kerasprune.errors import PruningError
 from kerasprune.graph import CallRecord, ChannelGraph, LayerRecord, functional_of, graph_for
 from kerasprune.plan import Plan, make_plan
-from kerasprune.rules.base import NodeIO
+from kerasprune.rules.base import NodeIO, Rule
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _new_weights(plan: Plan, rec: LayerRecord | None, layer) -> list:
     Untouched variables are passed on as backend tensors (`variable.value`): no
     host copy; only the sliced ones go through NumPy, one variable at a time.
     """
-    variables = layer.weights
+    variables = _keras.weights_of(layer)
     # A copy: on JAX, `assign` keeps the very array it is given, and `predict_on_batch` donates
     # (deletes) its model's arrays, so a shared array would break the other model.
     weights: list = [keras.ops.copy(v.value) for v in variables]
@@ -135,6 +135,29 @@ def _nested_inputs(plan: Plan, key: str | None, model, shapes: list | None = Non
     return inputs
 
 
+class _RuleCall:
+    """A rebuilt operation called through its rule's `rebuild_call` (one `NodeIO` per call)."""
+
+    def __init__(self, op, rule: Rule, ios: list[NodeIO]):
+        self.op, self.rule, self.ios, self.calls = op, rule, ios, 0
+
+    def __call__(self, *args, **kwargs):
+        io = self.ios[min(self.calls, len(self.ios) - 1)]
+        self.calls += 1
+        return self.rule.rebuild_call(self.op, args, kwargs, io)
+
+
+def _with_call_rule(plan: Plan, rec: LayerRecord | None, new):
+    """`new`, or a wrapper calling it through its rule when the rule rewrites call arguments."""
+    if rec is None or rec.rule is None or rec.barrier or not rec.calls:
+        return new
+    if type(rec.rule).rebuild_call is Rule.rebuild_call or isinstance(new, keras.layers.Layer):
+        return new
+    if not plan.touches([a for call in rec.calls for a in call.atoms()]):
+        return new
+    return _RuleCall(new, rec.rule, [_io(plan, call) for call in rec.calls])
+
+
 def rebuild(plan: Plan) -> keras.Model:
     """Build the smaller model that `plan` describes (the original is untouched).
 
@@ -201,7 +224,8 @@ def rebuild(plan: Plan) -> keras.Model:
         elif _keras.functional_of(layer) is not None:
             new = clone_nested(layer, key)
         else:
-            new = _recreate(plan, graph.records.get(key) if key else None, layer, pairs, swapped)
+            rec = graph.records.get(key) if key else None
+            new = _with_call_rule(plan, rec, _recreate(plan, rec, layer, pairs, swapped))
         cache[id(layer)] = new
         return new
 
@@ -217,7 +241,7 @@ def rebuild(plan: Plan) -> keras.Model:
     finally:
         _restore_initializers(swapped)
     for layer, new, rec in pairs:
-        if not getattr(layer, "weights", None):
+        if not _keras.weights_of(layer):
             continue
         weights = _new_weights(plan, rec, layer)
         try:
@@ -251,7 +275,7 @@ def _recreate(plan: Plan, rec: LayerRecord | None, layer, pairs: list, swapped: 
             ) from e
         if fallback is not None:
             return fallback()
-        if layer.weights:
+        if _keras.weights_of(layer):
             log.warning(
                 "Layer '%s' (%s) cannot be re-created from its config (%s: %s); the pruned model reuses the "
                 "original layer object, so it shares its %d weights with the original model (training one "
@@ -260,7 +284,7 @@ def _recreate(plan: Plan, rec: LayerRecord | None, layer, pairs: list, swapped: 
                 len(layer.weights),
             )  # fmt: skip
         return layer
-    if getattr(layer, "weights", None):
+    if _keras.weights_of(layer):
         _defer_initializers(new, swapped)
     pairs.append((layer, new, rec))
     return new
