@@ -15,6 +15,11 @@ exactly what the finalized, smaller model computes.
 Backends: on JAX, `model.fit` keeps the variables' values in its own state
 during an epoch; the callback calls `model.jax_state_sync()` before masking, and
 since that marks the state as synced, the next step reads the masked values back.
+
+On TensorFlow builds with oneDNN, training runs under `kerasprune.stack.guard`
+(a strided 1x1 convolution with fewer than 16 input channels would otherwise
+crash the process; docs/training-crash.md). Progress: one INFO line per epoch
+on the `kerasprune.soft` logger (`verbose=0` silences it).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from kerasprune.groupwise import choose_groups, group_selection, lowest, produce
 from kerasprune.masking import keep_masks
 from kerasprune.plan import make_plan
 from kerasprune.selection import Selection
+from kerasprune.stack import guard
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,8 @@ class SoftPruning(keras.callbacks.Callback):
             and the masked set only grows with the schedule.
         groups: Group ids or layer names to prune (default: every prunable group).
         data, loss, seed: Passed to `kerasprune.score` (data-driven criteria).
+        verbose: Log one INFO line per epoch (ratio, channels masked, loss) to the
+            `kerasprune.soft` logger; 0 / False: silent (warnings are always logged).
 
     Channels released by a re-selection restart from zero weights; as the mask also
     zeroed their BatchNorm parameters and their consumers' inputs, they may stay
@@ -111,6 +119,7 @@ class SoftPruning(keras.callbacks.Callback):
         data: Any = None,
         loss: Any = None,
         seed: int = 0,
+        verbose: int | bool = 1,
     ):
         super().__init__()
         if (ratio is None) == (schedule is None):
@@ -119,17 +128,22 @@ class SoftPruning(keras.callbacks.Callback):
             raise PruningError(f"ratio must be in [0, 1). Received: ratio={ratio}")
         if frequency not in ("epoch", "batch"):
             raise PruningError(f"frequency must be 'epoch' or 'batch'. Received: frequency={frequency!r}")
+        if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
+            raise PruningError(f"verbose must be a non-negative integer or a bool. Received: verbose={verbose!r}")
         self.criterion = criterion
         self.schedule = schedule if schedule is not None else (lambda epoch, r=float(ratio): r)
         self.frequency = frequency
         self.reselect = reselect
         self.groups = None if groups is None else list(groups)
         self.data, self.loss, self.seed = data, loss, seed
+        self.verbose = verbose
         self.selection: Selection | None = None
         self.ratio_now: float | None = None
         self._graph: ChannelGraph | None = None
         self._masks: list[tuple[Any, Any]] = []
         self._order: dict[int, np.ndarray] = {}
+        self._unguard = None
+        self._n_masked = 0
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -138,6 +152,7 @@ class SoftPruning(keras.callbacks.Callback):
             self._chosen = choose_groups(self._graph, self.groups)
             self._producers = {g.id: producers(self._graph, g) for g in self._chosen}
             self._order = {}
+        self._unguard = guard(self.model, where="SoftPruning")
 
     def on_epoch_begin(self, epoch, logs=None):
         ratio = float(self.schedule(epoch))
@@ -154,9 +169,19 @@ class SoftPruning(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._apply()
+        if self.verbose:
+            loss = (logs or {}).get("loss")
+            log.info(
+                "SoftPruning: epoch %d: ratio %.3f, %d of %d channels masked%s",
+                epoch + 1, self.ratio_now, self._n_masked, sum(g.size for g in self._chosen),
+                "" if loss is None else f", loss={float(loss):.5g}",
+            )
 
     def on_train_end(self, logs=None):
         self._apply()
+        if self._unguard is not None:
+            self._unguard()
+            self._unguard = None
 
     # -- public --------------------------------------------------------------------------
     def finalize(self, model: keras.Model | None = None) -> keras.Model:
@@ -189,7 +214,8 @@ class SoftPruning(keras.callbacks.Callback):
         self.selection = Selection(chosen, criterion=getattr(self.criterion, "__name__", str(self.criterion)))
         self.ratio_now = ratio
         self._masks = _variable_masks(self._graph, self.selection)
-        log.info("SoftPruning: ratio %.3f, %d channels masked", ratio, sum(len(v) for v in removed.values()))
+        self._n_masked = sum(len(v) for v in removed.values())
+        log.debug("SoftPruning: ratio %.3f, %d channels masked", ratio, self._n_masked)
 
     def _sync(self) -> None:
         sync = getattr(self.model, "jax_state_sync", None)
