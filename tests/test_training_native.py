@@ -197,13 +197,13 @@ def test_safe_training_leaves_the_model_as_it_was(affected, caplog):
     y = np.zeros((19, 8, 8, 8), "float32")
     with caplog.at_level(logging.WARNING, logger="kerasprune.stack"):
         with stack.safe_training(model, where="test") as rerouted:
-            assert "call" in vars(layer)
+            assert "convolution_op" in vars(layer)
             assert layer.get_config() == config  # a checkpoint saved meanwhile is the real model
             history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
         with stack.safe_training(model, where="test"):
             pass
     assert rerouted == ["probe"] and all(math.isfinite(v) for v in history.history["loss"])
-    assert "call" not in vars(layer) and layer.strides == strides and layer.get_config() == config
+    assert "convolution_op" not in vars(layer) and layer.strides == strides and layer.get_config() == config
     warnings = [r for r in caplog.records if r.name == "kerasprune.stack"]
     assert len(warnings) == 1  # once per model
     message = warnings[0].getMessage()
@@ -214,7 +214,7 @@ def test_guard_does_nothing_where_nothing_is_at_risk(monkeypatch):
     monkeypatch.setattr(stack, "onednn_training_bug", lambda: False)
     model = _probe()
     with stack.safe_training(model) as rerouted:
-        assert rerouted == [] and "call" not in vars(model.get_layer("probe"))
+        assert rerouted == [] and "convolution_op" not in vars(model.get_layer("probe"))
     assert stack.warn_if_at_risk(model, where="test") == []
 
 
@@ -265,3 +265,24 @@ def test_soft_pruning_logs_one_line_per_epoch(caplog):
     assert _info(caplog, "kerasprune.soft") == []
     with pytest.raises(kp.PruningError, match="verbose must be"):
         kp.SoftPruning("l1", ratio=0.5, verbose=-1)
+
+
+def test_conv1d_is_rerouted_through_the_base_call_and_restored(affected):
+    model = _probe(L.Conv1D, 11, (32,), padding="causal", use_bias=True)
+    layer = model.get_layer("probe")
+    with stack.safe_training(model):
+        assert {"call", "convolution_op"} <= set(vars(layer))
+    assert not {"call", "convolution_op"} & set(vars(layer))
+
+
+def test_subclassed_convolutions_are_flagged_but_left_alone(affected, caplog):
+    class MyConv(L.Conv2D):
+        pass
+
+    inp = keras.Input((16, 16, 11))
+    model = keras.Model(inp, MyConv(8, 1, strides=2, name="mine")(inp))
+    with caplog.at_level(logging.WARNING, logger="kerasprune.stack"):
+        with stack.safe_training(model) as rerouted:
+            assert rerouted == [] and "convolution_op" not in vars(model.get_layer("mine"))
+    assert [layer.name for layer in stack.at_risk_layers(model)] == ["mine"]
+    assert any("cannot reroute" in r.getMessage() for r in caplog.records)

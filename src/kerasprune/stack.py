@@ -173,9 +173,16 @@ def guard(model: keras.Model, *, where: str = "training") -> _Restore:
             where, _names(layers), model.name, "is" if len(layers) == 1 else "are", MIN_SAFE_CHANNELS,
             "it" if len(layers) == 1 else "them", _switch_off(),
         )
-    undo = [_reroute(layer) for layer in layers]
+    undo = {layer.name: _reroute(layer) for layer in layers}
+    left = [layer for layer in layers if undo[layer.name] is None]
+    if left:
+        log.warning(
+            "%s: cannot reroute %s of model '%s' (subclassed convolutions); training may crash there. %s.",
+            where, _names(left), model.name, _switch_off().capitalize(),
+        )
+    done = [layer for layer in layers if undo[layer.name] is not None]
     _reset_train_function(model)
-    return _Restore(model, layers, undo)
+    return _Restore(model, done, [u for u in undo.values() if u is not None])
 
 
 def warn_if_at_risk(model: keras.Model, *, where: str) -> list[str]:
@@ -200,29 +207,41 @@ def _names(layers, noun: str = "layer") -> str:
     return f"{noun}{'s' if len(layers) > 1 else ''} {shown}{more}"
 
 
-def _reroute(layer) -> Callable[[], None]:
-    """Make `layer` slice its input by its strides and convolve at unit stride; returns the undo."""
-    strides = tuple(int(s) for s in layer.strides)
-    unit = (1,) * len(strides)
-    index = (slice(None), *(slice(None, None, s) for s in strides), slice(None))
-    had_own = "call" in vars(layer)
-    original = layer.call
+_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
-    def call(inputs, *args, **kwargs):
-        saved = layer.strides
-        layer.strides = unit  # read while the call is traced, restored right after
-        try:
-            return original(inputs[index], *args, **kwargs)
-        finally:
-            layer.strides = saved
 
-    layer.call = call
+def _reroute(layer) -> Callable[[], None] | None:
+    """Make `layer` slice its input by its strides and convolve at unit stride; returns the undo.
+
+    Only the stock `Conv1D`/`Conv2D`/`Conv3D` classes (a subclass may compute
+    differently): `convolution_op` is replaced on the instance, and `Conv1D`,
+    whose `call` convolves by itself, gets the base class's `call`, which goes
+    through `convolution_op` (its causal padding is nothing for a 1x1 kernel).
+    Nothing is mutated while a call runs, so replicas may trace concurrently.
+    Returns None for a layer it cannot reroute.
+    """
+    if type(layer) not in _CONVS:
+        return None
+    index = (slice(None), *(slice(None, None, int(s)) for s in layer.strides), slice(None))
+    data_format = layer.data_format
+
+    def convolution_op(inputs, kernel):
+        return keras.ops.conv(inputs[index], kernel, strides=1, padding="valid", data_format=data_format)
+
+    patched = {"convolution_op": convolution_op}
+    if type(layer) is keras.layers.Conv1D:
+        patched["call"] = super(keras.layers.Conv1D, layer).call
+    own = vars(layer)
+    saved = {name: own[name] for name in patched if name in own}
+    for name, value in patched.items():
+        setattr(layer, name, value)
 
     def undo() -> None:
-        if had_own:
-            layer.call = original
-        else:
-            del layer.call
+        for name in patched:
+            if name in saved:
+                setattr(layer, name, saved[name])
+            else:
+                delattr(layer, name)
 
     return undo
 
