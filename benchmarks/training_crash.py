@@ -66,6 +66,8 @@ def _child(task: dict) -> dict:
         return _layer(task)
     if kind == "speed":
         return _speed(task)
+    if kind == "guard_ab":
+        return _guard_ab(task)
     raise SystemExit(f"unknown task {kind}")
 
 
@@ -297,6 +299,43 @@ def _speed(t: dict) -> dict:
     return {**out, **_versions()}
 
 
+def _guard_ab(t: dict) -> dict:
+    """The guard's own cost, in one process: the at-risk resnet and a copy under `safe_training`,
+    one `train_on_batch` (full batch of 64) / `predict_on_batch` each in turn, medians and their ratio."""
+    import keras
+    import numpy as np
+
+    import kerasprune as kp
+    from train_native import resnet
+
+    keras.utils.set_random_seed(0)
+    plain = resnet(CRASH_WIDTHS)
+    guarded = keras.models.clone_model(plain)
+    guarded.set_weights(plain.get_weights())
+    for m in (plain, guarded):
+        m.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 16, 16, 1)).astype("float32")
+    y = rng.integers(0, 10, 64)
+    med = statistics.median
+    out = {}
+    with kp.stack.safe_training(guarded) as rerouted:
+        for what, call in (("fit", lambda m: m.train_on_batch(x, y)), ("predict_b1", lambda m: m.predict_on_batch(x[:1])),
+                           ("predict_b32", lambda m: m.predict_on_batch(x[:32]))):  # fmt: skip
+            for _ in range(5):
+                call(plain), call(guarded)
+            times = {"plain": [], "guarded": []}
+            for i in range(t["reps"]):
+                for name, m in ((("plain", plain), ("guarded", guarded)) if i % 2 == 0 else
+                                (("guarded", guarded), ("plain", plain))):  # fmt: skip
+                    t0 = time.perf_counter()
+                    call(m)
+                    times[name].append(time.perf_counter() - t0)
+            out[what] = {k: 1e3 * med(v) for k, v in times.items()}
+            out[what]["ratio_pairs"] = med(g / p for g, p in zip(times["guarded"], times["plain"]))
+    return {"rerouted": rerouted, "reps": t["reps"], **out, **_versions()}
+
+
 # ----------------------------------------------------------------------------- parent
 def run_child(task: dict, env: dict | None = None, python: str = sys.executable, timeout: int = 900) -> dict:
     """Run one task in a fresh interpreter; `{"status": "ok", ...}` or the crash."""
@@ -395,6 +434,8 @@ def section_speed(args) -> dict:
         for backend in args.backends:
             for model in args.models or list(SPEED_MODELS):
                 for setting in settings[backend]:
+                    if setting == "xla" and not model.startswith("resnet "):
+                        continue  # XLA's CPU compile of the applications takes many minutes; the small ones tell
                     env = {"KERAS_BACKEND": backend}
                     if setting == "onednn off" and backend == "tensorflow":
                         env["TF_ENABLE_ONEDNN_OPTS"] = "0"
@@ -411,11 +452,23 @@ def section_speed(args) -> dict:
             for setting in settings[backend]:
                 ok = [r for r in runs if (r["backend"], r["model"], r["setting"]) == (backend, model, setting)
                       and r["status"] == "ok"]  # fmt: skip
+                if not any((r["backend"], r["model"], r["setting"]) == (backend, model, setting) for r in runs):
+                    continue
                 row = {"backend": backend, "model": model, "setting": setting, "runs": len(ok)}
                 for k in keys:
                     row[k] = round(statistics.median(r[k] for r in ok), 2) if ok else None
                 table.append(row)
     return {"runs": runs, "table": table, "rounds": args.rounds, "steps": args.steps}
+
+
+def section_guard(args) -> dict:
+    rows = []
+    for backend in args.backends:
+        for rnd in range(args.rounds):
+            r = run_child({"task": "guard_ab", "reps": 60}, env={"KERAS_BACKEND": backend})
+            rows.append({"backend": backend, "round": rnd, **r})
+            print(f"guard A/B {backend} round {rnd}: {r['status']} {r.get('fit')}", flush=True)
+    return {"rows": rows}
 
 
 def conditions() -> dict:
@@ -435,13 +488,26 @@ def write_md(data: dict, path: Path) -> None:
     lines = ["# Training crash (issue 11): reproduction, kernel, guard cost", "",
              "Produced by `python benchmarks/training_crash.py`; every case in its own process. "
              "Details: docs/training-crash.md.", ""]  # fmt: skip
-    sections = [(name, data[name]) for name in ("repro", "kernels", "layers") if name in data]
+    sections = [(name, data[name]) for name in ("repro", "kernels", "layers", "guard") if name in data]
     sections += [("speed", sec) for _, sec in sorted(data.get("speed", {}).items())]
     for name, sec in sections:
         c = sec["conditions"]
         lines += [f"## {name}", "", f"`{sec['command']}`: {c['date']}, {c['cpu']}, {c['cores']} cores "
                   f"(load average {c['load_avg']} at start).", ""]  # fmt: skip
-        if name == "repro":
+        if name == "guard":
+            lines += ["The guard's own cost in one process: the at-risk resnet (batch 64) and a copy of it inside "
+                      "`safe_training`, called in turn; medians of 60 calls each, ms, and the median of the "
+                      "guarded/unguarded ratios of the pairs.", "",
+                      "| backend | round | rerouted | train_on_batch | predict b1 | predict b32 |",
+                      "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+            for r in sec["rows"]:
+                if r["status"] != "ok":
+                    lines.append(f"| {r['backend']} | {r['round']} | {r['status']} | | | |")
+                    continue
+                cells = [f"{r[k]['plain']:.2f} → {r[k]['guarded']:.2f} (×{r[k]['ratio_pairs']:.3f})"
+                         for k in ("fit", "predict_b1", "predict_b32")]  # fmt: skip
+                lines.append(f"| {r['backend']} | {r['round']} | {', '.join(r['rerouted'])} | " + " | ".join(cells) + " |")
+        elif name == "repro":
             lines += ["| stack (tensorflow keras) | case | result | last words |", "|---|---|---|---|"]
             lines += [f"| {r['stack']} | {r['case']} | {r['status']} | {r.get('last_words', '')} |" for r in sec["rows"]]
         elif name == "kernels":
@@ -482,7 +548,7 @@ def write_md(data: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sections", nargs="*", default=["repro", "kernels", "layers", "speed"])
+    ap.add_argument("sections", nargs="*", default=["repro", "kernels", "layers", "guard", "speed"])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--python", nargs="*", default=[], help="other interpreters (tensorflow-cpu releases) for repro")
     ap.add_argument("--backends", nargs="*", default=["tensorflow", "torch"])
@@ -504,7 +570,7 @@ def main(argv=None) -> int:
     for name in args.sections:
         cond = conditions()
         sec = {"repro": section_repro, "kernels": section_kernels, "layers": section_layers,
-               "speed": section_speed}[name](args)  # fmt: skip
+               "speed": section_speed, "guard": section_guard}[name](args)  # fmt: skip
         sec = {**sec, "conditions": cond, "command": command.strip()}
         if name == "speed":  # one entry per backend, so backends can be measured by separate commands
             for b in args.backends:

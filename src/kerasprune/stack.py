@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 #: oneDNN's input-channel block for f32 on AVX-512 (AVX2 uses 8): fewer input channels are at risk.
 MIN_SAFE_CHANNELS = 16
 
-_WARNED: set[int] = set()
+#: (where, model name, layer names) already warned about: once each per process.
+_WARNED: set[tuple] = set()
 
 
 def onednn_training_bug() -> bool:
@@ -156,15 +157,15 @@ def guard(model: keras.Model, *, where: str = "training") -> _Restore:
 
     The building block of `safe_training`, for code that starts and ends
     training in different places (a callback's `on_train_begin` / `on_train_end`).
-    Logs one warning per model naming the layers.
+    Logs a warning naming the layers, once per model name and layers (the
+    successive models of `prune_and_finetune` share them).
     """
     if not onednn_training_bug():
         return _Restore(model, [], [])
     layers = at_risk_layers(model)
     if not layers:
         return _Restore(model, [], [])
-    if id(model) not in _WARNED:
-        _WARNED.add(id(model))
+    if _first_time(where, model, layers):
         log.warning(
             "%s: %s of model '%s' %s a 1x1 convolution with stride > 1 and fewer than %d input channels; "
             "training it with oneDNN's kernels crashes the process (oneDNN bug, docs/training-crash.md). "
@@ -190,8 +191,7 @@ def warn_if_at_risk(model: keras.Model, *, where: str) -> list[str]:
     if not onednn_training_bug():
         return []
     layers = at_risk_layers(model)
-    if layers and ("returned", id(model)) not in _WARNED:
-        _WARNED.add(("returned", id(model)))
+    if layers and _first_time(f"{where} returned", model, layers):
         log.warning(
             "%s: the returned model '%s' has %s with stride > 1 and fewer than %d input channels; training "
             "it with oneDNN outside kerasprune crashes the process (oneDNN bug, docs/training-crash.md): train "
@@ -199,6 +199,14 @@ def warn_if_at_risk(model: keras.Model, *, where: str) -> list[str]:
             where, model.name, _names(layers, "1x1 convolution"), MIN_SAFE_CHANNELS, _switch_off(),
         )
     return [layer.name for layer in layers]
+
+
+def _first_time(where: str, model, layers) -> bool:
+    key = (where, model.name, tuple(layer.name for layer in layers))
+    if key in _WARNED:
+        return False
+    _WARNED.add(key)
+    return True
 
 
 def _names(layers, noun: str = "layer") -> str:
