@@ -12,9 +12,9 @@ On TensorFlow the pruned models are built under the strategy the input model was
 created in (`tf.distribute.MirroredStrategy` etc.); on JAX the global
 `keras.distribution` applies to them as to any new model.
 
-Every `fit` runs under `kerasprune.stack.safe_training`: on TensorFlow builds
-with oneDNN (the x86 default), a pruned 1x1 stride-2 convolution left with fewer
-than 16 input channels would crash the process in its weight gradient
+Every `fit` runs under `kerasprune.stack.safe_training`: with oneDNN on x86
+(TensorFlow's and PyTorch's default), a pruned strided 1x1 convolution left with
+fewer than 16 input channels would crash the process in its weight gradient
 (docs/training-crash.md); the guard computes such layers as slice + unit-stride
 convolution while kerasprune trains, and warns if the returned model has them.
 
@@ -263,7 +263,7 @@ class _Progress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        shown = [("loss", logs.get("loss")), (self.monitor, logs.get(self.monitor))]
+        shown = [("loss", logs.get("loss"))] + [(self.monitor, logs.get(self.monitor))] * (self.monitor != "loss")
         values = ", ".join(f"{k}={float(v):.5g}" for k, v in shown if v is not None)
         log.info(
             "prune_and_finetune: step %d/%d, epoch %d/%d: %s (%.1f s)",
