@@ -194,6 +194,9 @@ LAYER_CASES = [
 ]
 
 
+TORCH_CASES = ("Conv2D", "Conv1D", "Conv3D", "Conv2D groups=2", "Conv2D channels_first", "Conv2DTranspose")
+
+
 def _layer(t: dict) -> dict:
     """One Keras layer (after a conv stem giving it `cin` channels) trained on a ragged last batch."""
     import keras
@@ -399,8 +402,8 @@ def section_kernels(args) -> dict:
         {"n": 3, "h": 16, "ic": 11, "oc": oc} for oc in (8, 30, 64)
     ] + [{"n": 3, "h": h, "ic": 11, "oc": 16} for h in (8, 17, 32)]
     for framework in args.backends:
-        for threads in (1, 2, 4):
-            for case in grid if threads == 2 else grid[:7]:
+        for threads in (1, 2, 4) if framework == "tensorflow" else (2,):
+            for case in (grid if framework == "tensorflow" else grid[:14]) if threads == 2 else grid[:7]:
                 task = {"task": "op", "framework": framework, "stride": 2, "iters": 20, **case}
                 env = {"KERAS_BACKEND": framework}
                 if framework == "tensorflow":
@@ -417,7 +420,7 @@ def section_kernels(args) -> dict:
 def section_layers(args) -> dict:
     rows = []
     for backend in args.backends:
-        for case in LAYER_CASES:
+        for case in LAYER_CASES if backend == "tensorflow" else [c for c in LAYER_CASES if c[0] in TORCH_CASES]:
             for cin in (3, 11, 16) if case[0] == "Conv2D" else (11, 16):
                 for guard in (False, True):
                     task = {"task": "layer", "case": case[0], "cin": cin, "guard": guard}

@@ -48,7 +48,7 @@ def test_pruned_batchnorm_model_trains_on_a_ragged_batch_in_a_subprocess(kind):
     assert report["backend"] == keras.backend.backend()
     assert report["finite"] and len(report["losses"]) == 4
     # the pruned widths really are odd (and the residual model's projection really is at risk)
-    assert sum(w % 2 for name, w in report["widths"].items() if name != "head") >= 3
+    assert sum(w % 2 for name, w in report["widths"].items() if name != "head") >= 2
     assert report["soft_params"] < report["params"] and report["tuned_params"] < report["params"]
     if kind == "resnet":
         assert report["widths"]["stem"] == 11 and report["widths"]["c_proj"] == 16
