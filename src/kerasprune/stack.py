@@ -125,8 +125,8 @@ def safe_training(model: keras.Model, *, where: str = "training") -> Iterator[li
     """Train `model` inside this block without the oneDNN crash (see the module docstring).
 
     Yields the names of the layers it reroutes (empty where nothing is at risk).
-    The model's train function is remade (untraced) on entry and on exit, so
-    the next `fit` traces the layers as they are.
+    The model's train function is remade (untraced) on entry, and its train,
+    test and predict functions on exit, so later calls trace the layers as they are.
 
     Example:
         >>> with kerasprune.stack.safe_training(small):
@@ -150,6 +150,9 @@ class _Restore:
             undo()
         self._undo = []
         _reset_train_function(self.model)
+        for name in ("test_function", "predict_function"):  # traced meanwhile (validation): made anew
+            if getattr(self.model, name, None) is not None:
+                setattr(self.model, name, None)
 
 
 def guard(model: keras.Model, *, where: str = "training") -> _Restore:
