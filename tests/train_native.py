@@ -12,7 +12,9 @@ data set that does not divide by the batch size (a ragged last batch of 3):
 3. plain `model.fit` inside `kerasprune.stack.safe_training`,
 
 and prints `TRAINED {json}` with the widths, the layers the guard rerouted and
-the losses. Usage: `python tests/train_native.py {resnet,depthwise,dense}`.
+the losses. Usage: `python tests/train_native.py KIND [KIND ...]` with kinds
+`resnet`, `depthwise`, `dense`, run in that order (`START kind` before each, so
+a parent can tell in which one the process died).
 
 The builders are shared with benchmarks/training_crash.py.
 """
@@ -162,4 +164,6 @@ def main(kind: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    for kind in sys.argv[1:]:
+        print(f"START {kind}", flush=True)
+        main(kind)
