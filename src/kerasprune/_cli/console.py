@@ -1,0 +1,163 @@
+"""Where the `kerasprune` command writes, and how quietly it starts.
+
+- `out()` / `err()`: rich consoles for results (stdout) and progress, warnings, errors (stderr);
+  `steps()`: a transient progress display.
+- `setup(debug)`: what every command does first. Without `--debug`, framework log noise is
+  silenced: TensorFlow's C++ logs (`TF_CPP_MIN_LOG_LEVEL`), the lines TensorFlow prints
+  while it is imported (before its logging is initialized, so only the file descriptor can
+  be redirected), absl/TensorFlow/JAX Python logs and Python warnings; kerasprune's own
+  warnings are printed as `warning: ...` in CLI words. With `--debug`, all of them are shown,
+  with debug logs, and errors come with their traceback.
+- `absorbed(logger)`: drop a logger's warnings while a step runs whose result carries them
+  (a `Selection` records its warnings; the CLI prints them once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+
+from rich.console import Console
+from rich.markup import escape
+
+from kerasprune._cli.words import cli_words
+
+
+class CliError(Exception):
+    """A usage or validation problem found by the CLI itself (exit code 1)."""
+
+
+#: `debug`: set by `setup` (and by `main` from the raw arguments, for parse errors).
+STATE = {"debug": False}
+
+_FRAMEWORK_LOGGERS = ("absl", "tensorflow", "jax", "jax._src.xla_bridge", "h5py", "matplotlib", "torch", "keras")
+
+
+def out() -> Console:
+    return Console(highlight=False)
+
+
+def err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def steps():
+    """A transient rich progress display on stderr; `step(text)` marks the work under way."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err(), transient=True
+    )
+    with progress:
+
+        @contextlib.contextmanager
+        def step(text: str):
+            task = progress.add_task(escape(text), total=None)
+            try:
+                yield
+            finally:
+                progress.remove_task(task)
+
+        yield step
+
+
+class _Handler(logging.Handler):
+    """Log records on stderr through rich: `warning: ...` (CLI words), or full records in debug."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not kill the command
+            message = str(record.msg)
+        if STATE["debug"]:
+            err().print(f"{record.levelname} {record.name}: {message}", markup=False, soft_wrap=True)
+        else:
+            level = record.levelname.lower()
+            text = cli_words(message).replace("kerasprune.select: ", "")
+            err().print(f"[yellow]{level}:[/] {escape(text)}", soft_wrap=True)
+
+
+_HANDLER = _Handler()
+
+
+def configure_logging(debug: bool) -> None:
+    """Logging and framework verbosity for one run (idempotent)."""
+    STATE["debug"] = debug
+    if debug:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    root = logging.getLogger()
+    if _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("kerasprune").setLevel(logging.DEBUG if debug else logging.WARNING)
+    for name in _FRAMEWORK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
+    logging.captureWarnings(debug)
+    if not debug:
+        warnings.filterwarnings("ignore")
+
+
+@contextlib.contextmanager
+def quiet_stderr(enabled: bool = True):
+    """Send file descriptor 2 to a temporary file while the block runs.
+
+    Native libraries (TensorFlow's C++ runtime) write there directly, around Python's
+    `sys.stderr`. If the block fails, what was captured is written back, so nothing that
+    explains the failure is lost.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_backend(debug: bool) -> None:
+    """Import Keras (and with it the backend), quietly unless `debug`."""
+    with quiet_stderr(not debug):
+        import keras  # noqa: F401
+
+
+def setup(debug: bool) -> None:
+    """What every command runs first: logging, framework noise, the backend import."""
+    configure_logging(debug)
+    import_backend(debug)
+
+
+@contextlib.contextmanager
+def absorbed(name: str):
+    """Drop warnings of logger `name` while the block runs (the CLI prints them itself)."""
+    logger = logging.getLogger(name)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING or STATE["debug"]
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def warn(text: str) -> None:
+    """Print a warning on stderr, in CLI words."""
+    err().print(f"[yellow]warning:[/] {escape(cli_words(text))}", soft_wrap=True)
