@@ -252,7 +252,14 @@ def _is_dataset(data) -> bool:
 
 
 def for_keras(
-    data, *, model=None, where: str = "data", batch_size: int = 32, x_key: str = "x", y_key: str = "y"
+    data,
+    *,
+    model=None,
+    where: str = "data",
+    batch_size: int = 32,
+    x_key: str = "x",
+    y_key: str = "y",
+    keep_iterators: bool = False,
 ):
     """`data` in a form `model.fit` / `model.evaluate` take, checked against the model's inputs.
 
@@ -263,6 +270,8 @@ def for_keras(
         where: How to name the data in errors.
         batch_size: Used only to check the first rows of in-memory arrays.
         x_key, y_key: Keys of `x` and `y` in a mapping or `.npz` file.
+        keep_iterators: Return generators and other iterators as they are (for `fit`,
+            which may draw from an endless generator) instead of reading them.
 
     Returns:
         `(x, y[, sample_weight])` or `x` for arrays (a tuple: pass it as `*args`), the
@@ -276,7 +285,7 @@ def for_keras(
         >>> val = kerasprune.data.for_keras("val.npz", model=model, where="--val")
         >>> model.evaluate(*val) if isinstance(val, tuple) else model.evaluate(val)
     """
-    if data is None or _is_dataset(data):
+    if data is None or _is_dataset(data) or (keep_iterators and isinstance(data, Iterator)):
         return data
     if isinstance(data, (str, os.PathLike)) or (isinstance(data, Mapping) and x_key in data):
         data = tuple(load_arrays(data, x_key=x_key, y_key=y_key))
