@@ -99,8 +99,8 @@ def _arrow(a, b, fmt=str) -> str:
 def changes_table(changes: Sequence[LayerChange], *, only_changed: bool = True, title: str | None = None):
     """A `rich.table.Table` of `changes`: layer, class, filters, MACs, share of MACs.
 
-    Layer names are never cut: the name column is as wide as the longest name and the
-    other columns fold when the terminal is narrow.
+    Layer names are never cut: on a narrow terminal they fold onto more lines while the
+    other columns keep their width.
 
     Args:
         changes: From `layer_changes`.
@@ -117,11 +117,10 @@ def changes_table(changes: Sequence[LayerChange], *, only_changed: bool = True, 
         title=title,
         caption=f"{hidden} unchanged layers not shown" if hidden and rows else None,
     )
-    width = max([len("layer")] + [len(c.layer) for c in rows])
-    table.add_column("layer", no_wrap=True, min_width=width)
+    table.add_column("layer", overflow="fold", min_width=10)
     table.add_column("class", overflow="fold")
     for col in ("filters", "MACs", "share of MACs"):
-        table.add_column(col, justify="right", overflow="fold")
+        table.add_column(col, justify="right", no_wrap=True)
     for c in rows:
         table.add_row(
             escape(c.layer),

@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - older typer with click installed
     from click.exceptions import ClickException, NoArgsIsHelpError
 
 from kerasprune._cli import loading, pruning, render, training
-from kerasprune._cli.console import STATE, CliError, configure_logging, err, out, setup, steps
+from kerasprune._cli.console import STATE, CliError, absorbed, configure_logging, err, out, setup, steps, warn
 from kerasprune._cli.options import (
     DATA,
     MEASURE,
@@ -58,6 +58,8 @@ from kerasprune._cli.options import (
 )
 from kerasprune._cli.words import cli_words
 from kerasprune.errors import PruningError
+
+TARGET_SLACK = 0.03  # as kerasprune.allocation.TARGET_SLACK (not imported: it loads Keras)
 
 app = typer.Typer(
     name="kerasprune",
@@ -315,7 +317,8 @@ def finetune(
         val_xy = loading.read_data(val, model=m, x_key=x_key, y_key=y_key, option="--val")
         training.compiled(m, loss=loss, optimizer=optimizer, learning_rate=learning_rate, metrics=metric, path=model)
         name, direction = training.pick_monitor(m, val_xy, monitor, mode)
-        with step(f"Pruning in {steps_} steps, fine-tuning {epochs} epoch(s) each"):
+        with step(f"Pruning in {steps_} steps, fine-tuning {epochs} epoch(s) each"), absorbed("kerasprune.allocation"):
+            # the per-step targets are internal; whether the final one is met is said below
             options = {"round_to": round_to, "exclude": exclude or None, "batch_size": batch_size}
             result, history = kp.prune_and_finetune(
                 m, criterion=criterion or "l1", target_flops=target_flops, target_ratio=ratio, steps=steps_,
@@ -329,6 +332,9 @@ def finetune(
         with step("Measuring"):
             comparison = compare(m, result, data=val_xy, latency=runs > 0, runs=max(runs, 1), before_path=model, after_path=output)
     out().print(history.table(), markup=False)
+    if target_flops is not None and comparison.flops_ratio < target_flops - TARGET_SLACK:
+        warn(f"--target-flops {target_flops:g} asked for, {comparison.flops_ratio:.1%} of the MACs kept: "
+             "the smallest removal steps that meet it remove more")
     render.print_comparison(comparison, f"Pruned and fine-tuned model written to {output}")
     render.print_changes(m, result)
     if report is not None:

@@ -129,6 +129,6 @@ def _feature_maps(plan: Plan, pruned, masked, x) -> tuple[float | None, int]:
 
 def _output(model, key: str, x):
     layer = model.get_layer(key)
-    probe = keras.Model(model.inputs, layer.output)
+    probe = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, layer.output)
     out = probe(x, training=False)
     return keras.ops.convert_to_numpy(out) if not isinstance(out, (list, tuple, dict)) else None

@@ -1,7 +1,7 @@
 """What the commands print: inspection tables (and their JSON), selections, comparisons.
 
-Layer names are never cut: name columns are as wide as their longest name, other
-columns fold on narrow terminals. Library text (selection tables, warnings) is printed
+Layer names are never cut: on a narrow terminal they fold onto more lines while the
+short columns (classes, numbers) keep their width. Library text (selection tables, warnings) is printed
 in CLI words.
 """
 
@@ -58,8 +58,9 @@ def inspect_doc(model, graph, criterion: str, scores) -> dict:
     }
 
 
-def _name_column(table: Table, header: str, names) -> None:
-    table.add_column(header, no_wrap=True, min_width=max([len(header), *(len(n) for n in names)]))
+def _name_column(table: Table, header: str) -> None:
+    """A column of layer names: folded onto more lines when narrow, never cut."""
+    table.add_column(header, overflow="fold", min_width=10)
 
 
 def print_inspection(doc: dict) -> None:
@@ -70,10 +71,10 @@ def print_inspection(doc: dict) -> None:
         f"{len(doc['groups'])} groups ({prunable} prunable)"
     )
     layers = Table(title="Layers with weights")
-    _name_column(layers, "layer", [r["layer"] for r in doc["layers"]])
+    _name_column(layers, "layer")
     layers.add_column("class", overflow="fold")
     for col in ("filters", "params", "MACs"):
-        layers.add_column(col, justify="right")
+        layers.add_column(col, justify="right", no_wrap=True)
     for r in doc["layers"]:
         width = "-" if r["filters"] is None else str(r["filters"])
         layers.add_row(escape(r["layer"]), r["class"], width, _fmt(r["params"]), _fmt(r["macs"]))
