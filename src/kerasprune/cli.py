@@ -32,7 +32,18 @@ except ImportError:  # pragma: no cover - older typer with click installed
     from click.exceptions import ClickException, NoArgsIsHelpError
 
 from kerasprune._cli import loading, pruning, render, training
-from kerasprune._cli.console import STATE, CliError, absorbed, configure_logging, err, out, setup, steps, warn
+from kerasprune._cli.console import (
+    STATE,
+    CliError,
+    absorbed,
+    configure_logging,
+    err,
+    native_output,
+    out,
+    setup,
+    steps,
+    warn,
+)
 from kerasprune._cli.options import (
     DATA,
     MEASURE,
@@ -450,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if STATE["debug"]:
             err().print(traceback.format_exc(), markup=False)
+        native = native_output()
+        if native.strip():
+            err().print("Output of native libraries (last lines):\n" + native, markup=False)
         return 2
 
 

@@ -3,11 +3,13 @@
 - `out()` / `err()`: rich consoles for results (stdout) and progress, warnings, errors (stderr);
   `steps()`: a transient progress display.
 - `setup(debug)`: what every command does first. Without `--debug`, framework log noise is
-  silenced: TensorFlow's C++ logs (`TF_CPP_MIN_LOG_LEVEL`), the lines TensorFlow prints
-  while it is imported (before its logging is initialized, so only the file descriptor can
-  be redirected), absl/TensorFlow/JAX Python logs and Python warnings; kerasprune's own
-  warnings are printed as `warning: ...` in CLI words. With `--debug`, all of them are shown,
-  with debug logs, and errors come with their traceback.
+  silenced: TensorFlow's C++ logs (`TF_CPP_MIN_LOG_LEVEL`), the lines native libraries write
+  straight to file descriptor 2 (TensorFlow prints some while it is imported, before its
+  logging is initialized, and may be imported late, e.g. by Keras's data adapters on JAX),
+  absl/TensorFlow/JAX Python logs and Python warnings; kerasprune's own warnings are printed
+  as `warning: ...` in CLI words. Native output is kept in a temporary file and shown after
+  an internal error; a native crash still prints Python's fault handler traceback. With
+  `--debug`, everything is shown, with debug logs, and errors come with their traceback.
 - `absorbed(logger)`: drop a logger's warnings while a step runs whose result carries them
   (a `Selection` records its warnings; the CLI prints them once).
 """
@@ -15,6 +17,8 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import io
 import logging
 import os
 import sys
@@ -137,9 +141,50 @@ def import_backend(debug: bool) -> None:
         import keras  # noqa: F401
 
 
+def detach_native_stderr() -> bool:
+    """Send file descriptor 2 to a temporary file for the rest of the process; keep `sys.stderr`.
+
+    Only when `sys.stderr` is the process's own descriptor 2 (a real command, not a test that
+    captures output). Python's `sys.stderr` (progress, warnings, errors) is re-opened on a
+    duplicate of the original descriptor, so it still reaches the terminal, and so does the
+    fault handler's traceback if a native library crashes. Returns whether it detached.
+    """
+    if "native" in STATE:
+        return True
+    try:
+        if sys.stderr.fileno() != 2:
+            return False
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    capture = tempfile.TemporaryFile()
+    os.dup2(capture.fileno(), 2)
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    sys.stderr = io.TextIOWrapper(io.FileIO(terminal, "w"), encoding=encoding, errors="backslashreplace",
+                                  line_buffering=True)
+    faulthandler.enable(file=sys.stderr)
+    STATE["native"] = capture
+    return True
+
+
+def native_output(limit: int = 40) -> str:
+    """The last `limit` lines native libraries wrote since `detach_native_stderr` (or '')."""
+    capture = STATE.get("native")
+    if capture is None:
+        return ""
+    capture.flush()
+    capture.seek(0)
+    text = capture.read().decode(errors="replace")
+    capture.seek(0, 2)
+    return "\n".join(text.splitlines()[-limit:])
+
+
 def setup(debug: bool) -> None:
     """What every command runs first: logging, framework noise, the backend import."""
     configure_logging(debug)
+    if not debug:
+        detach_native_stderr()
     import_backend(debug)
 
 
