@@ -191,6 +191,7 @@ def test_channelwise_and_messages_name_cli_options(tmp_path, files, capsys):
         (["--criterion", "l1", "--ratio", "0.3", "--data", files / "other_keys.npz"], "--x-key/--y-key"),
         (["--criterion", "l1", "--target-flops", "0.5", "--round-to", "8"], "Target --target-flops 0.5 is unreachable"),
         (["--layer", "c1", "--filters", "5-2"], "must go upwards"),
+        (["--layer", "c11", "--filters", "1"], "Unknown layer 'c11' in model 'new_user_cnn'. Did you mean 'c1'"),
         (["--layer", "c1", "--filters", "1", "--runs", "5"], "--runs must be 0"),
     ]
     for args, message in cases:
