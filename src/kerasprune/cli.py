@@ -18,32 +18,13 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-
-try:  # typer >= 0.22 vendors click
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # pragma: no cover - older typer with click installed
-    from click.exceptions import ClickException, NoArgsIsHelpError
 
 from kerasprune._cli import loading, pruning, render, training
-from kerasprune._cli.console import (
-    STATE,
-    CliError,
-    absorbed,
-    configure_logging,
-    err,
-    native_output,
-    out,
-    setup,
-    steps,
-    warn,
-)
+from kerasprune._cli.console import CliError, absorbed, out, run, setup, steps, warn
 from kerasprune._cli.options import (
     DATA,
     MEASURE,
@@ -67,8 +48,6 @@ from kerasprune._cli.options import (
     check_runs,
     command,
 )
-from kerasprune._cli.words import cli_words
-from kerasprune.errors import PruningError
 
 TARGET_SLACK = 0.03  # as kerasprune.allocation.TARGET_SLACK (not imported: it loads Keras)
 
@@ -429,42 +408,10 @@ def demo(
 
 
 # ------------------------------------------------------------------------------- main
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 usage/validation error, 2 internal error)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    configure_logging("--debug" in args)  # before parsing: parse errors get tracebacks too
-    command_ = typer.main.get_command(app)
-    try:
-        rv = command_.main(args=args, prog_name="kerasprune", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except NoArgsIsHelpError as e:
-        Console(stderr=True).print(e.format_message(), markup=False, highlight=False)
-        return 1
-    except (ClickException, CliError, PruningError) as e:
-        message = e.format_message() if isinstance(e, ClickException) else cli_words(_one_line(e))
-        err().print(f"[red]Error:[/] {escape(' '.join(message.split()))}", soft_wrap=True)
-        if STATE["debug"]:
-            err().print(traceback.format_exc(), markup=False)
-        return 1
-    except (KeyboardInterrupt, typer.Abort):
-        err().print("Interrupted; no output was written partially.", markup=False)
-        return 130
-    except Exception as e:  # a bug, not the user's fault
-        err().print(
-            f"[red]Internal error:[/] {type(e).__name__}: {escape(_one_line(e))}"
-            + ("" if STATE["debug"] else " (run with --debug for the traceback)"),
-            soft_wrap=True,
-        )
-        if STATE["debug"]:
-            err().print(traceback.format_exc(), markup=False)
-        native = native_output()
-        if native.strip():
-            err().print("Output of native libraries (last lines):\n" + native, markup=False)
-        return 2
+    return run(typer.main.get_command(app), args, prog_name="kerasprune")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@
   `--debug`, everything is shown, with debug logs, and errors come with their traceback.
 - `absorbed(logger)`: drop a logger's warnings while a step runs whose result carries them
   (a `Selection` records its warnings; the CLI prints them once).
+- `run(command, args)`: run the click command and turn what happened into an exit code:
+  0 success, 1 a usage or validation error (one line), 2 an internal error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import os
 import sys
 import tempfile
+import traceback
 import warnings
 
 from rich.console import Console
@@ -206,3 +209,48 @@ def absorbed(name: str):
 def warn(text: str) -> None:
     """Print a warning on stderr, in CLI words."""
     err().print(f"[yellow]warning:[/] {escape(cli_words(text))}", soft_wrap=True)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def run(command, args: list[str], *, prog_name: str) -> int:
+    """Run a click `command` on `args`; print errors as one line; return the exit code."""
+    import typer
+
+    try:  # typer >= 0.22 vendors click
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # pragma: no cover - older typer with click installed
+        from click.exceptions import ClickException, NoArgsIsHelpError
+
+    from kerasprune.errors import PruningError
+
+    configure_logging("--debug" in args)  # before parsing: parse errors get tracebacks too
+    try:
+        rv = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except NoArgsIsHelpError as e:
+        Console(stderr=True).print(e.format_message(), markup=False, highlight=False)
+        return 1
+    except (ClickException, CliError, PruningError) as e:
+        message = e.format_message() if isinstance(e, ClickException) else cli_words(_one_line(e))
+        err().print(f"[red]Error:[/] {escape(' '.join(message.split()))}", soft_wrap=True)
+        if STATE["debug"]:
+            err().print(traceback.format_exc(), markup=False)
+        return 1
+    except (KeyboardInterrupt, typer.Abort):
+        err().print("Interrupted; no output was written partially.", markup=False)
+        return 130
+    except Exception as e:  # a bug, not the user's fault
+        err().print(
+            f"[red]Internal error:[/] {type(e).__name__}: {escape(_one_line(e))}"
+            + ("" if STATE["debug"] else " (run with --debug for the traceback)"),
+            soft_wrap=True,
+        )
+        if STATE["debug"]:
+            err().print(traceback.format_exc(), markup=False)
+        native = native_output()
+        if native.strip():
+            err().print("Output of native libraries (last lines):\n" + native, markup=False)
+        return 2
