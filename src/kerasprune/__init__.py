@@ -7,6 +7,7 @@ Core:
 Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
 Workflow:    sensitivity, prune_and_finetune, SoftPruning
 Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
+Deploy:      fold_batchnorm (BatchNorm and other affine layers into convs); kerasprune.export
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 
 Names load on first use (PEP 562), so `import kerasprune` and the `kerasprune` command's
@@ -50,6 +51,7 @@ _EXPORTS = {
     "count_flops": "flops",
     "count_params": "flops",
     "flops_by_layer": "flops",
+    "fold_batchnorm": "deploy",
     "load_model": "io",
     "make_plan": "plan",
     "mask_filters": "masking",
@@ -90,6 +92,7 @@ __all__ = [
     "count_params",
     "criteria",
     "flops_by_layer",
+    "fold_batchnorm",
     "load_model",
     "make_plan",
     "mask_filters",
@@ -142,6 +145,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers
     from kerasprune import criteria
     from kerasprune.allocation import select
     from kerasprune.criteria import score
+    from kerasprune.deploy import fold_batchnorm
     from kerasprune.errors import (
         ModelLoadError,
         ModelSaveError,

@@ -1,4 +1,4 @@
-"""The `kerasprune` command line: inspect, prune, finetune, report, demo.
+"""The `kerasprune` command line: inspect, prune, finetune, report, export, demo.
 
 Exit codes: 0 success; 1 usage or validation error (a one-line message, no
 traceback unless `--debug`); 2 internal error. Results go to stdout as rich
@@ -384,6 +384,54 @@ def report_cmd(
     if json_out is not None:
         write_text(json.dumps(comparison.to_dict(), indent=2), json_out, overwrite=force)
         out().print(f"Report written to {json_out}")
+
+
+# ----------------------------------------------------------------------------- export
+_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "savedmodel": None}
+
+
+def _layer_count(model) -> int:
+    return sum(1 + (_layer_count(la) if hasattr(la, "layers") else 0) for la in model.layers)
+
+
+@app.command("export", cls=Command)
+def export_cmd(
+    model: Model,
+    to: Annotated[str, typer.Option("--to", metavar="tflite|onnx|savedmodel", help="Format: tflite (LiteRT), onnx or savedmodel.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="PATH", rich_help_panel=OUTPUT, help="File (.tflite, .onnx) or SavedModel folder to write.")],
+    fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm and other per-channel affine layers into the convolutions first (exact).")] = False,
+    force: Force = False,
+    imports: Imports = None,
+    unsafe: Unsafe = False,
+    debug: Debug = False,
+) -> None:
+    """Export MODEL for deployment: a LiteRT (TFLite) flatbuffer, ONNX, or a TensorFlow SavedModel."""
+    setup(debug)
+    if to not in _SUFFIX:
+        raise CliError(f"--to must be one of {', '.join(_SUFFIX)}. Received: {to!r}")
+    if _SUFFIX[to] is not None and output.suffix != _SUFFIX[to]:
+        raise CliError(f"Output {output} must end in {_SUFFIX[to]} for --to {to}")
+    loading.check_outputs([model], [(output, "output")], force)
+    from kerasprune import export
+    from kerasprune.deploy import fold_batchnorm
+
+    with steps() as step:
+        m = _model(model, imports=imports, unsafe=unsafe, debug=debug, step=step)
+        folded = 0
+        if fold_bn:
+            with step("Folding BatchNorm into the convolutions"):
+                new = fold_batchnorm(m)
+                folded, m = _layer_count(m) - _layer_count(new), new
+        with step(f"Exporting {to}"):
+            if to == "savedmodel":
+                path = export.export_saved_model(m, output, overwrite=force)
+            elif to == "tflite":
+                path = export.export_tflite(m, output, overwrite=force)
+            else:
+                path = export.export_onnx(m, output, overwrite=force)
+    size = export.exported_size(path)
+    note = f"; {folded} layer(s) folded into their convolutions" if fold_bn else ""
+    out().print(f"Exported {model} to {path} ({to}, {size / 1e6:.2f} MB){note}", markup=False)
 
 
 # ------------------------------------------------------------------------------- demo

@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasprune._keras import weights_of
 from kerasprune.data import labelled, load_arrays
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params, flops_by_layer, iter_calls
@@ -430,7 +431,7 @@ def stage_breakdown(model: keras.Model) -> dict[str, tuple[int, int]]:
         spatial = tuple(shape[2:] if fmt == "channels_first" else shape[1:-1]) if len(shape) > 2 else None
         new = call.key not in seen
         seen.add(call.key)
-        params = sum(int(np.prod(v.shape)) for v in call.layer.weights) if new else 0
+        params = sum(int(np.prod(v.shape)) for v in weights_of(call.layer)) if new else 0
         cost = macs.get(call.key, 0) if new else 0
         if spatial is None:
             label = "head"

@@ -24,12 +24,13 @@ def inspect_doc(model, graph, criterion: str, scores) -> dict:
     import numpy as np
 
     import kerasprune as kp
+    from kerasprune._keras import weights_of
 
     macs = kp.flops_by_layer(model)
     layers = []
     for key in graph.order:
         rec = graph.records[key]
-        params = sum(int(np.prod(v.shape)) for v in rec.layer.weights)
+        params = sum(int(np.prod(v.shape)) for v in weights_of(rec.layer))
         if params or rec.produces is not None:
             layers.append({
                 "layer": key,
