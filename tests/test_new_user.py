@@ -115,6 +115,61 @@ def test_prune_and_finetune_takes_files_and_batches(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text()) == {"filters": 4, "rows": 3}
 
 
+@pytest.mark.backend
+def test_select_takes_a_torch_dataloader():
+    torch = pytest.importorskip("torch")  # installed with the dev extra: runs by default
+    model = cnn()
+    x, y = xy(24)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)), batch_size=8)
+    reference = kp.score(model, "apoz", data=(x, y))
+    scores = kp.score(model, "apoz", data=loader)
+    assert reference.keys() == scores.keys() and reference
+    for gid in reference:
+        np.testing.assert_allclose(scores[gid], reference[gid], rtol=1e-5)
+    assert sum(map(len, kp.select(model, "apoz", ratio=0.25, data=loader).values())) > 0
+
+
+# -- 2. no silent clamps ---------------------------------------------------------------------
+def test_select_says_when_an_option_overrides_the_request(caplog):
+    model = cnn()  # prunable groups: c1 (8, with bn1) and c2 (6)
+    cases = {
+        "threshold": (dict(criterion="mean", threshold=1e9), "min_keep=1 changed the channels removed in 2 groups"),
+        "count": (dict(criterion="l1", count=1000), "group 0 [c1] 1000 -> 7"),
+        "round_to": (dict(criterion="l1", ratio=0.4, round_to=4), "round_to=4 changed the channels removed"),
+        "ratio 0": (dict(criterion="l1", ratio=0.1), "ratio=0.1 removes no filters: it rounds down to 0 of 8"),
+    }
+    for name, (options, message) in cases.items():
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="kerasprune"):
+            sel = kp.select(model, **options)
+        assert any(message in w for w in sel.warnings), (name, sel.warnings)
+        logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert sum(message in m for m in logged) == 1, (name, logged)  # logged once
+        assert message in str(sel), name  # and printed with the selection
+    assert [g.kept for g in kp.select(model, "l1", count=1000).groups] == [1, 1]  # what the warning says
+    assert kp.select(model, "l1", ratio=0.5).warnings == ()
+    missed = kp.select(model, "l1", target_flops=0.5, round_to=4)
+    assert missed.flops_ratio < 0.5 - 0.03
+    assert any(f"target_flops=0.5 asked for, {missed.flops_ratio:.1%} kept" in w for w in missed.warnings), missed.warnings
+
+
+def test_a_failing_user_criterion_names_the_layer():
+    i = keras.Input((8, 8, 1))
+    x = L.Dense(10, name="hidden")(L.GlobalAveragePooling2D()(L.Conv2D(4, 3, name="conv")(i)))
+    model = keras.Model(i, L.Dense(2, name="out")(x))
+    with pytest.raises(PruningError, match=r"Criterion 'per_conv' failed on layer 'hidden' \(Dense\), kernel of shape \(4, 10\)"):
+        kp.select(model, lambda_named("per_conv", lambda w: np.abs(w).sum(axis=(0, 1, 2))), ratio=0.25)
+    with pytest.raises(TypeError, match="expects an instance of kerasprune.Rule"):
+        kp.register_rule(L.Dense, kp.Rule)
+    with pytest.raises(TypeError, match="does not implement analyze"):
+        kp.register_rule(L.Dense, type("NoAnalyze", (kp.Rule,), {})())
+
+
+def lambda_named(name, fn):
+    fn.__name__ = name
+    return fn
+
+
 # -- 5. files -------------------------------------------------------------------------------
 def test_plots_and_text_never_overwrite_without_force(tmp_path):
     model = cnn()

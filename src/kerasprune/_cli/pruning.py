@@ -125,8 +125,9 @@ def choose(model, graph, how: How, data=None):
 def why_empty(selection, how: How) -> str:
     """Why a selection removes nothing, naming the option responsible."""
     head = "The selection removes no filters"
-    if selection.warnings:
-        return f"{head}: {cli_words(selection.warnings[0])}"
+    overrides = [w for w in selection.warnings if not w.startswith("ratio=")]  # a ratio rounding to 0: below
+    if overrides:
+        return f"{head}: {cli_words(overrides[0])}"
     way = how.way
     if way == "explicit":
         return f"{head}: the --filters lists are empty"
