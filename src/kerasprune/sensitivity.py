@@ -31,6 +31,7 @@ import numpy as np
 from kerasprune import _keras
 from kerasprune.cache import EvaluationCache
 from kerasprune.criteria import score as _score
+from kerasprune.data import for_keras
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, analyze, graph_for
 from kerasprune.groupwise import choose_groups, scored
@@ -78,7 +79,8 @@ def sensitivity(
             compiled `model` (e.g. `"accuracy"`, `"loss"`), evaluated with
             `model.evaluate(val_data)` after recompiling each pruned model from
             `model.get_compile_config()`.
-        val_data: Validation data for a named metric: `(x, y)` or a dataset.
+        val_data: Validation data for a named metric: `(x, y)`, an `.npz` path, a list
+            or generator of batches, a dataset (`kerasprune.data`).
         criterion: Criterion name or callable, as for `kerasprune.score`.
         ratios: Fractions of each group to remove, each in (0, 1).
         groups: Group ids or layer names to scan (default: every prunable group).
@@ -117,6 +119,8 @@ def sensitivity(
     """
     ratios = _check_ratios(ratios)
     metric_name, mode = _metric_name_mode(metric, mode, val_data, model)
+    if isinstance(metric, str):  # every form of kerasprune.data, evaluated many times: read once
+        val_data = for_keras(val_data, model=model, where="val_data")
     engine = resolve_engine(backend, n_jobs)
     graph = graph_for(model, graph, channelwise=channelwise)
     chosen = choose_groups(graph, groups)
