@@ -117,6 +117,11 @@ def _nested_inputs(plan: Plan, key: str | None, model) -> list | None:
     inputs = []
     for shape, c, t in zip(shapes, chans, model.inputs):
         shape = list(shape)
+        own = tuple(t.shape)
+        if len(own) == len(shape):
+            # Dimensions the nested model leaves open stay open: a shared model (a detection
+            # head) may be called on inputs of several sizes.
+            shape = [None if o is None else d for d, o in zip(shape, own)]
         if not c.frozen:
             shape[c.axis] = int(plan.keep(c.atoms).sum())
         inputs.append(keras.Input(batch_shape=tuple(shape), dtype=t.dtype))
