@@ -6,6 +6,8 @@
   a spatial-attention block) and is not coupled.
 - `Concatenate` on the channel axis places each input's channels at an offset;
   on any other axis it couples its inputs like `Add`.
+- `Dot` over the channel axis couples its two inputs' channels (approximate: it has no
+  weights to mask); over other axes it is a barrier.
 """
 
 from __future__ import annotations
@@ -100,6 +102,47 @@ class OpRule(Rule):
         return _couple(view, g)
 
 
+class DotRule(Rule):
+    """`Dot` contracting the channel axis of both inputs (cosine or dot-product similarity).
+
+    The channels of the two inputs are coupled (channel `c` of one multiplies channel `c` of
+    the other) and the output carries none. `Dot` has no weights that masking could zero, so
+    removal equals masking only where the removed channels are zero at its inputs (as after a
+    linear producer, ReLU or BatchNormalization, not after a sigmoid); with `normalize=True`
+    the norms also change. The group is therefore prunable but approximate. A `Dot` over
+    other axes mixes the inputs' channels into its output: a barrier.
+    """
+
+    couples_calls = False
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        if len(view.inputs) != 2:
+            raise Barrier(f"expects 2 inputs, got {len(view.inputs)}")
+        axes = view.layer.axes
+        axes = list(axes) if isinstance(axes, (list, tuple)) else [axes, axes]
+        if any(isinstance(a, (list, tuple)) for a in axes):
+            raise Barrier(f"contracts several axes ({view.layer.axes}); only one axis per input is supported")
+        axes = [norm_axis(int(a), len(s)) for a, s in zip(axes, view.in_shapes)]
+        live = [c for c in view.inputs if not c.frozen]
+        if any(c.axis != a for c, a in zip(view.inputs, axes) if not c.frozen):
+            raise Barrier(
+                f"contracts axes {tuple(axes)}, not the channel axis of its inputs: its output mixes their "
+                "channels (prunable only when Dot contracts the channel axis, axes=-1 for channels-last inputs)"
+            )
+        frozen = Chan(None, None, frozen=f"the output of '{view.key}' (Dot) has no channels")
+        if not live:
+            return [frozen]
+        a, b = (g.expect(view, i, axes[i]) for i in range(2))
+        g.unify(a, b)
+        what = "normalizes and sums" if view.layer.normalize else "sums"
+        g.inexact(
+            a,
+            f"'{view.key}' (Dot) {what} the products of its inputs' channels: removal equals masking only "
+            "where the removed channels are zero at its inputs",
+        )
+        return [frozen]
+
+
 _NUMPY_OPS = [
     "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power",
     "Negative", "Abs", "Absolute", "Square", "Sqrt", "Exp", "Log", "Tanh", "Clip", "Sign",
@@ -115,6 +158,7 @@ register_many(
     CouplerRule(),
 )
 register_rule(layers.Concatenate, ConcatenateRule())
+register_rule(layers.Dot, DotRule())
 register_many(op_classes("numpy", _NUMPY_OPS), OpRule())
 register_many(op_classes("nn", _NN_OPS), OpRule())
 register_many(op_classes("core", ["Cast"]), OpRule())

@@ -1,8 +1,9 @@
 """Rules for weightless layers that keep, move or rearrange channels.
 
 - Element-wise layers (activations, dropout, noise) hand channels on unchanged.
-- Spatial layers (pooling, padding, cropping, up-sampling) work per channel on
-  the other axes; their `data_format` must agree with where channels are.
+- Spatial layers (pooling, adaptive pooling, padding, cropping, up-sampling) work per
+  channel on the other axes; their `data_format` must agree with where channels are.
+- `RepeatVector` repeats a vector along a new time axis: channels move to axis 2.
 - `Flatten`, `Reshape` and `Permute` are handled by one mechanism: lay the
   channel atoms out over the tensor's shape, apply the layer's rearrangement,
   and read off where the atoms went.
@@ -218,6 +219,18 @@ class PermuteRule(Rule):
         return [Chan(dims.index(c.axis) + 1, atoms)]
 
 
+class RepeatVectorRule(Rule):
+    """`RepeatVector`: `(batch, C)` -> `(batch, n, C)`; channels move from axis 1 to axis 2."""
+
+    couples_calls = False
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        c = view.inputs[0]
+        if c.frozen:
+            return [c]
+        return [Chan(2, g.expect(view, 0, 1))]
+
+
 register_many(
     [
         layers.ReLU,
@@ -255,6 +268,11 @@ register_many(
         layers.UpSampling1D,
         layers.UpSampling2D,
         layers.UpSampling3D,
+        *(
+            getattr(layers, f"Adaptive{kind}Pooling{n}D", None)  # Keras >= 3.12
+            for kind in ("Average", "Max")
+            for n in (1, 2, 3)
+        ),
     ],
     SpatialRule(),
 )
@@ -272,5 +290,6 @@ register_many(
 register_rule(layers.Flatten, FlattenRule())
 register_rule(layers.Reshape, ReshapeRule())
 register_rule(layers.Permute, PermuteRule())
+register_rule(layers.RepeatVector, RepeatVectorRule())
 
 __all__ = ["Elementwise", "SpatialRule", "compress_list"]
