@@ -16,6 +16,7 @@ Usage:
     python benchmarks/zoo.py --backends jax torch    # other backends (one process each)
     python benchmarks/zoo.py --models vit unet_xception
     python benchmarks/zoo.py --render-only --update  # rebuild zoo.md from zoo.json
+    python benchmarks/zoo.py --src ../other/src --scratch /tmp/zoo-other   # another checkout's kerasprune
 
 A full TensorFlow run takes about 8 minutes on 2 shared cores (most of it in the child
 process's reloads and training steps).
@@ -159,22 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", help="zoo model names (default: all)")
     p.add_argument("--update", action="store_true", help="write benchmarks/results/zoo.{json,md}")
     p.add_argument("--render-only", action="store_true", help="only rebuild zoo.md from zoo.json")
+    p.add_argument("--src", type=Path, default=ROOT / "src", help="kerasprune sources to test (default: this checkout's)")
+    p.add_argument("--scratch", type=Path, default=SCRATCH, help="scratch folder (default: %(default)s)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         run_backend(args.models, args.out)
         return 0
-    folder = RESULTS if args.update else SCRATCH
+    folder = RESULTS if args.update else args.scratch
     out = folder / "zoo.json"
     if not args.render_only:
         parts = []
         for backend in args.backends:
-            part = SCRATCH / f"zoo_{backend}.json"
+            part = args.scratch / f"zoo_{backend}.json"
             if part.exists() and not args.models:
                 part.unlink()
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            env["PYTHONPATH"] = os.pathsep.join([str(args.src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
             cmd = [sys.executable, __file__, "--worker", backend, "--out", str(part)]
             if args.models:
                 cmd += ["--models", *args.models]
