@@ -109,3 +109,17 @@ def test_rms_normalization_is_prunable_and_approximate():
         pruned.get_layer("rms").scale.numpy(), np.delete(model.get_layer("rms").scale.numpy(), [2, 5])
     )
     assert pruned.count_params() < model.count_params()
+
+
+@pytest.mark.backend
+def test_untouched_lambda_using_a_module_global_survives_removal():
+    """A Lambda's function rebuilt from its config's bytecode loses its globals (`ops`): keep the live one."""
+    inp = keras.Input((8,))
+    x = layers.Dense(6, name="d1")(inp)
+    x = layers.Lambda(lambda t: t / (1e-9 + keras.ops.sum(t, axis=-1, keepdims=True)), name="norm")(x)
+    model = keras.Model(inp, layers.Dense(2)(layers.Dense(4, activation="relu", name="d2")(x)))
+    x = random_input(model)
+    pruned = kp.remove_filters(model, {"d2": [0, 3]})
+    kp.mask_filters(model, {"d2": [0, 3]})  # in place: clone_model cannot copy the Lambda
+    assert pruned.get_layer("d2").units == 2
+    assert max_output_difference(pruned, model, x) < 1e-5

@@ -151,6 +151,10 @@ def rebuild(plan: Plan) -> keras.Model:
             # Python function may be rebuilt (Keras refuses it in its default safe mode).
             with _keras.trusted_deserialization():
                 new = layer.__class__.from_config(new_config(plan, rec, layer))
+            if isinstance(layer, keras.layers.Lambda):
+                # The live function keeps its globals and closure (`ops`, `tf`, constants); the
+                # one rebuilt from the config's bytecode loses them and fails when called.
+                new.function = layer.function
             if getattr(layer, "weights", None):
                 _defer_initializers(new, swapped)
             pairs.append((layer, new, rec))
