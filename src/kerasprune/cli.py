@@ -97,6 +97,7 @@ def inspect(
 ) -> None:
     """Layers, coupled channel groups, params and FLOPs, and filter scores of MODEL."""
     import kerasprune as kp
+    from kerasprune._keras import weights_of
     from kerasprune.flops import flops_by_layer
     from kerasprune.report import load_data
 
@@ -119,7 +120,7 @@ def inspect(
         layers.add_column(col, justify="left" if col in ("layer", "class") else "right")
     for key in graph.order:
         rec = graph.records[key]
-        params = sum(int(np.prod(v.shape)) for v in rec.layer.weights)
+        params = sum(int(np.prod(v.shape)) for v in weights_of(rec.layer))
         if params or rec.produces is not None:
             width = "-" if rec.produces is None else str(len(rec.produces))
             layers.add_row(escape(key), type(rec.layer).__name__, width, _fmt(params), _fmt(macs.get(key)))
