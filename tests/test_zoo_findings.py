@@ -123,3 +123,66 @@ def test_untouched_lambda_using_a_module_global_survives_removal():
     kp.mask_filters(model, {"d2": [0, 3]})  # in place: clone_model cannot copy the Lambda
     assert pruned.get_layer("d2").units == 2
     assert max_output_difference(pruned, model, x) < 1e-5
+
+
+class HeadsByBatch(layers.Layer):
+    """Reshapes with `ops.shape(x)[0]` as the batch size (keras_hub's SegFormer attention, MixFFN)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc1 = layers.Dense(12)
+        self.dw = layers.DepthwiseConv2D(3, padding="same")
+        self.fc2 = layers.Dense(8)
+
+    def call(self, x):
+        x = self.fc1(x)
+        b, c = keras.ops.shape(x)[0], x.shape[2]
+        x = self.dw(keras.ops.reshape(x, (b, 4, 4, c)))
+        x = keras.ops.reshape(x, (b, -1, c))  # None and -1 together
+        return self.fc2(keras.ops.nn.gelu(x))
+
+
+class IdentityAtInference(layers.Layer):
+    """Returns its input at inference (keras_hub's DropPath), used on two differently shaped inputs."""
+
+    def call(self, x, training=None):
+        return x * 0.5 if training else x
+
+
+class ResidualPair(layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.mlp, self.drop = HeadsByBatch(), IdentityAtInference()
+        self.dense = layers.Dense(8)
+
+    def call(self, x):
+        x = x + self.drop(self.dense(x))  # (None, 16, 8)
+        return x + self.drop(self.mlp(x))  # (None, None, 8): the mlp's reshape leaves the length open
+
+
+@pytest.mark.backend
+def test_reshape_with_the_symbolic_batch_size_is_traced_and_pruned():
+    """`ops.reshape(x, (ops.shape(x)[0], ...))` traces to a graph that runs: its hidden units prune exactly."""
+    inp = keras.Input((16, 4))
+    x = layers.Dense(8, name="embed")(inp)
+    x = ResidualPair(name="block")(x)
+    model = keras.Model(inp, layers.Dense(2)(layers.GlobalAveragePooling1D()(x)))
+    graph = kp.analyze(model)
+    hidden = [g for g in graph.prunable_groups if g.exact and any("fc1" in k or "dense_" in k for k in g.members)]
+    assert any(k.endswith("heads_by_batch") for k in graph.traced)
+    plan = kp.make_plan(graph, {"embed": [1, 6]})  # the residual stream: through the identity DropPath
+    x_in = random_input(model)
+    pruned = kp.remove_filters(model, plan)
+    assert pruned.count_params() < model.count_params() and hidden
+    kp.mask_filters(model, plan)
+    assert max_output_difference(pruned, model, x_in) < 1e-4
+
+
+@pytest.mark.backend
+def test_keras_activations_on_symbolic_tensors_are_element_wise():
+    """`keras.activations.relu(x)` records its own ReLU operation: channels pass through it."""
+    inp = keras.Input((8,))
+    x = keras.activations.relu(layers.Dense(6, name="d1")(inp))
+    model = keras.Model(inp, layers.Dense(2)(x))
+    pruned, _ = assert_removal_equals_masking(model, {"d1": [0, 4]})
+    assert pruned.get_layer("d1").units == 4

@@ -202,7 +202,12 @@ def rebuild(plan: Plan) -> keras.Model:
                         f"cannot be traced for all of them: {general.reason}"
                     )
                 fn, shapes = general.model, [tuple(t.shape) for t in general.model.inputs]
-            replacements[key] = clone_nested(layer, key, source=fn, shapes=shapes)
+            if len(fn.inputs) == 1 and len(fn.outputs) == 1 and fn.outputs[0] is fn.inputs[0]:
+                # Its traced call returns its input (DropPath at inference): a Functional model that
+                # returns its input, called in a graph, makes that graph a cycle; Identity does not.
+                replacements[key] = keras.layers.Identity(name=layer.name)
+            else:
+                replacements[key] = clone_nested(layer, key, source=fn, shapes=shapes)
             replacing.add(id(replacements[key]))
             if tracing.trace_node(layer, graph.traced_nodes[key][0]).branches_on_training:
                 log.warning(
@@ -325,7 +330,10 @@ def _reloads(layer) -> bool:
     if not build_config:
         return True
     try:
-        copy = _keras.recreate(layer, _keras.config_of(layer))
+        # Strictly, as loading does (`recreate` tolerates derived config keys that loading refuses:
+        # keras_hub's HierarchicalTransformerEncoder saves `mlp` and `drop_prop`).
+        with _keras.trusted_deserialization():
+            copy = type(layer).from_config(_keras.config_of(layer))
         with warnings.catch_warnings():  # a layer without build() of its own warns here
             warnings.simplefilter("ignore")
             copy.build_from_config(json.loads(json.dumps(build_config)))

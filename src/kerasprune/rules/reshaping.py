@@ -214,13 +214,18 @@ class ReshapeRule(Rule):
         g.expect(view, 0, c.axis)
         out_shape = view.out_shapes[0][1:]
         if any(d is None for d in out_shape):
-            raise Barrier(f"output shape {tuple(view.out_shapes[0])} is not static")
+            raise Barrier(
+                f"output shape {tuple(view.out_shapes[0])} is not static (a Reshape is prunable only when its "
+                "output dimensions other than the batch are known: give it a static target_shape)"
+            )
         grid = np.ascontiguousarray(_grid(view)).reshape(out_shape)
         try:
             return [_read_axis(grid, view.key)]
         except Barrier:
             raise Barrier(
-                f"reshape {tuple(view.in_shapes[0])} -> {tuple(view.out_shapes[0])} mixes the channel axis"
+                f"reshape {tuple(view.in_shapes[0])} -> {tuple(view.out_shapes[0])} mixes the channel axis: "
+                "its channels are spread over several axes (prunable only when the channels stay on one axis "
+                "or are flattened; the layers before and after it are pruned separately)"
             ) from None
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
