@@ -18,11 +18,11 @@ FAST = {
     "unet_classic": False,
     "retinanet_functional": False,
     "vae_encoder": False,
-    "fcn_classifier": True,
+    "fcn_classifier": False,
     "speaker_recognition": False,
     "text_cnn": False,
     "ct_classifier": False,
-    "siamese_contrastive": True,
+    "siamese_contrastive": False,
     "captcha_ocr": False,
     "ops_functional": False,
 }

@@ -27,7 +27,6 @@ def test_shared_nested_head_called_at_two_sizes_is_rebuilt():
     assert max_output_difference(model, masked, random_input(model)) > 0
 
 
-@pytest.mark.backend
 def test_select_on_a_variable_length_model():
     """`select` by ratio or parameters works when MACs depend on a `None` length (text, audio)."""
     inp = keras.Input((None,), dtype="int64")
@@ -79,7 +78,6 @@ def test_repeat_vector_moves_channels_to_the_time_axis():
     assert pruned.get_layer("dec").kernel.shape == (2, 3, 3)
 
 
-@pytest.mark.backend
 @pytest.mark.parametrize("kind", ["Average", "Max"])
 def test_adaptive_pooling_is_channelwise(kind):
     cls = getattr(layers, f"Adaptive{kind}Pooling2D", None)
@@ -111,7 +109,6 @@ def test_rms_normalization_is_prunable_and_approximate():
     assert pruned.count_params() < model.count_params()
 
 
-@pytest.mark.backend
 def test_untouched_lambda_using_a_module_global_survives_removal():
     """A Lambda's function rebuilt from its config's bytecode loses its globals (`ops`): keep the live one."""
     inp = keras.Input((8,))

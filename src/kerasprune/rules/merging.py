@@ -29,7 +29,7 @@ def _couple(view: NodeView, g) -> list[Chan]:
     out_rank = len(out_shape)
     out_axes = {c.axis + out_rank - len(view.in_shapes[i]) for i, c in live}
     if len(out_axes) != 1:
-        raise Barrier("its inputs carry channels on different axes")
+        raise Barrier("its inputs carry channels on different axes (prunable only when every input carries them on the same axis)")
     out_axis = out_axes.pop()
     size = out_shape[out_axis]
     ref = None
@@ -70,7 +70,7 @@ class ConcatenateRule(Rule):
             return [view.inputs[0]]
         axis = norm_axis(int(view.layer.axis), len(view.out_shapes[0]))
         if any(c.axis != live[0].axis for c in live):
-            raise Barrier("its inputs carry channels on different axes")
+            raise Barrier("its inputs carry channels on different axes (prunable only when every input carries them on the same axis)")
         if live[0].axis != axis:
             return _couple(view, g)
         parts = [g.expect(view, i, axis) for i in range(len(view.inputs))]
