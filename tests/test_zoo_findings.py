@@ -10,7 +10,6 @@ from conftest import assert_removal_equals_masking
 from kerasprune.testing import max_output_difference, random_input
 
 
-@pytest.mark.backend
 def test_shared_nested_head_called_at_two_sizes_is_rebuilt():
     """A nested head (RetinaNet's) applied to feature maps of several sizes keeps its open dims."""
     head = keras.Sequential(
