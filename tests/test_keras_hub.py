@@ -52,7 +52,7 @@ def reloads(pruned, x, expected, tmp_path):
     return loaded
 
 
-@pytest.mark.parametrize("name", ["MobileNetV3", "EfficientNetV2", "HGNetV2"])
+@pytest.mark.parametrize("name", ["MobileNetV3", "EfficientNetV2", "HGNetV2", "MiT"])
 def test_backbones_with_composite_blocks_are_traced_and_pruned(name, tmp_path):
     model, size = hub_models.BUILDERS[name][1]()
     randomize_batchnorm(model, seed=2)

@@ -25,12 +25,14 @@ from keras.src.saving.serialization_lib import SafeModeScope
 __all__ = [
     "KerasTensor",
     "Operation",
+    "activation_classes",
     "application_class",
     "attention_gate",
     "build_shapes",
     "call_arguments",
     "call_context",
     "config_of",
+    "set_op_argument",
     "export_input_signature",
     "fill_in",
     "functional_of",
@@ -69,6 +71,16 @@ def op_classes(area: str, names) -> list[type]:
     A name the installed Keras lacks is recorded for `missing()` and skipped.
     """
     found = [_lookup(f"keras.src.ops.{area}", n) for n in names]
+    return [c for c in found if c is not None]
+
+
+def activation_classes(names) -> list[type]:
+    """The operation classes that `keras.activations` functions create on symbolic tensors.
+
+    `keras.activations.relu(x)` and `mish(x)` record their own `ReLU`/`Mish` operations
+    (in `keras.src.activations.activations`), not `keras.ops.nn`'s.
+    """
+    found = [_lookup("keras.src.activations.activations", n) for n in names]
     return [c for c in found if c is not None]
 
 
@@ -120,6 +132,20 @@ def nodes_in_order(fn) -> Iterator:
     by_depth = fn._nodes_by_depth
     for depth in sorted(by_depth, reverse=True):
         yield from by_depth[depth]
+
+
+def set_op_argument(op, name: str, value) -> None:
+    """Change the constructor argument `name` of a `keras.ops` operation: its attribute and its config.
+
+    An operation's `get_config()` comes from the arguments its `__init__` was called
+    with (`_auto_config`), so the config, and any copy made from it, follows.
+    """
+    setattr(op, name, value)
+    auto = getattr(op, "_auto_config", None)
+    if auto is not None:
+        from keras.src.saving.serialization_lib import SerializableDict
+
+        op._auto_config = SerializableDict(**{**auto.config, name: value})
 
 
 def call_arguments(node) -> tuple[tuple, dict]:

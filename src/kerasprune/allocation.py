@@ -216,6 +216,8 @@ def select(
             eligible.remove(g)
     planner = _Planner(graph, eligible, scores, round_to, min_keep, cell_lists)
     cost = CostModel(graph)
+    if "target_flops" in targets and cost.flops_unknown:
+        raise PruningError(f"target_flops needs the model's MACs: {cost.flops_unknown}")
     if targets:
         n_remove = planner.for_targets(cost, targets)
     elif "threshold" in modes:
@@ -354,13 +356,13 @@ class _Planner:
     def for_targets(self, cost: CostModel, targets: dict[str, float]) -> dict[int, int]:
         def ok(k: int) -> bool:
             flat = self.flat(self.removal(self.lowest(k)))
-            f = cost.flops(flat) <= targets.get("target_flops", 1) * cost.flops_before
+            f = "target_flops" not in targets or cost.flops(flat) <= targets["target_flops"] * cost.flops_before
             return f and cost.params(flat) <= targets.get("target_params", 1) * cost.params_before
 
         if not ok(self.total):
             flat = self.flat(self.removal(self.lowest(self.total)))
             best = (
-                cost.flops(flat) / max(cost.flops_before, 1),
+                (cost.flops(flat) or 0) / max(cost.flops_before or 0, 1),
                 cost.params(flat) / max(cost.params_before, 1),
             )
             raise PruningError(

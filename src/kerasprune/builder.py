@@ -152,7 +152,10 @@ class Builder:
             atoms = self.new_atoms(int(n), blocked=c.frozen)
         elif c.axis != axis and not (c.size == 1 and shape[axis] == 1 and shape[c.axis] == 1):
             # (a single channel on a size-1 axis sits on every size-1 axis, e.g. `(N, 1, 1)`)
-            raise Barrier(f"expects channels on axis {axis}, but they are on axis {c.axis}")
+            raise Barrier(
+                f"expects channels on axis {axis}, but they are on axis {c.axis} (prunable only when it works on "
+                "the axis that carries the channels, e.g. a data_format that matches the data)"
+            )
         else:
             atoms = c.atoms
         while len(view.in_atoms) <= i:

@@ -111,13 +111,17 @@ def _concrete_shapes(op, node, ins: list) -> list | None:
     return [(None, *tuple(keras.ops.shape(o))[1:]) for o in out]
 
 
+class UnknownShapeError(PruningError):
+    """A layer's MACs depend on a dimension the model leaves open (a `None` sequence length)."""
+
+
 def _call_macs(call: Call) -> list[tuple[object, int]]:
     rule = find_rule(call.layer)
     if rule is None:
         return []
     for shape in call.in_shapes[:1] + call.out_shapes[:1]:
         if any(d is None for d in shape[1:]):
-            raise PruningError(
+            raise UnknownShapeError(
                 f"Cannot count MACs of layer '{call.key}' ({type(call.layer).__name__}): its shape "
                 f"{shape} is not fully known; build the model with a fixed input size"
             )
@@ -207,6 +211,10 @@ class CostModel:
     Channels are addressed by their *flat* index `graph.group_offsets[gid] + channel`.
     Each weight (or each MAC term) is `coef * prod(kept positions along each
     channel-indexed axis)`.
+
+    When a layer's MACs depend on a dimension the model leaves open (variable-length text,
+    audio, video), MACs are unknown: `flops_before` and `flops()` are None and
+    `flops_unknown` says which layer; parameters are still counted.
     """
 
     def __init__(self, graph):
@@ -224,13 +232,17 @@ class CostModel:
                 if axes:
                     p_terms.append((math.prod(int(d) for d in v.shape), axes))
         f_terms = []
-        for call in iter_calls(graph.model):
-            for v, n in _call_macs(call):
-                size = int(n) * math.prod(int(d) for d in v.shape)
-                self.flops_before += size
-                axes = var_axes.get(id(v), [])
-                if axes:
-                    f_terms.append((size, axes))
+        self.flops_unknown: str | None = None
+        try:
+            for call in iter_calls(graph.model):
+                for v, n in _call_macs(call):
+                    size = int(n) * math.prod(int(d) for d in v.shape)
+                    self.flops_before += size
+                    axes = var_axes.get(id(v), [])
+                    if axes:
+                        f_terms.append((size, axes))
+        except UnknownShapeError as e:
+            self.flops_unknown, self.flops_before, f_terms = str(e), None, []
         self._params = self._compile(p_terms)
         self._flops = self._compile(f_terms)
 
@@ -269,8 +281,10 @@ class CostModel:
         np.multiply.at(kept, term_of_seg, frac)
         return float(np.sum(sizes * (1.0 - kept)))
 
-    def flops(self, removed: np.ndarray) -> int:
-        """MACs after removing the flat channels where `removed` is True."""
+    def flops(self, removed: np.ndarray) -> int | None:
+        """MACs after removing the flat channels where `removed` is True (None when unknown)."""
+        if self.flops_before is None:
+            return None
         return int(round(self.flops_before - self._eval(self._flops, removed)))
 
     def params(self, removed: np.ndarray) -> int:

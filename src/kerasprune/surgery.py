@@ -129,6 +129,11 @@ def _nested_inputs(plan: Plan, key: str | None, model, shapes: list | None = Non
     inputs = []
     for shape, c, t in zip(shapes, chans, model.inputs):
         shape = list(shape)
+        own = tuple(t.shape)
+        if len(own) == len(shape):
+            # Dimensions the nested model leaves open stay open: a shared model (a detection
+            # head) may be called on inputs of several sizes.
+            shape = [None if o is None else d for d, o in zip(shape, own)]
         if not c.frozen:
             shape[c.axis] = int(plan.keep(c.atoms).sum())
         inputs.append(keras.Input(batch_shape=tuple(shape), dtype=t.dtype))
@@ -197,7 +202,12 @@ def rebuild(plan: Plan) -> keras.Model:
                         f"cannot be traced for all of them: {general.reason}"
                     )
                 fn, shapes = general.model, [tuple(t.shape) for t in general.model.inputs]
-            replacements[key] = clone_nested(layer, key, source=fn, shapes=shapes)
+            if len(fn.inputs) == 1 and len(fn.outputs) == 1 and fn.outputs[0] is fn.inputs[0]:
+                # Its traced call returns its input (DropPath at inference): a Functional model that
+                # returns its input, called in a graph, makes that graph a cycle; Identity does not.
+                replacements[key] = keras.layers.Identity(name=layer.name)
+            else:
+                replacements[key] = clone_nested(layer, key, source=fn, shapes=shapes)
             replacing.add(id(replacements[key]))
             if tracing.trace_node(layer, graph.traced_nodes[key][0]).branches_on_training:
                 log.warning(
@@ -284,6 +294,10 @@ def _recreate(plan: Plan, rec: LayerRecord | None, layer, pairs: list, swapped: 
                 len(layer.weights),
             )  # fmt: skip
         return layer
+    if isinstance(layer, keras.layers.Lambda):
+        # The live function keeps its globals and closure (`ops`, `tf`, constants); the
+        # one rebuilt from the config's bytecode loses them and fails when called.
+        new.function = layer.function
     if _keras.weights_of(layer):
         _defer_initializers(new, swapped)
     pairs.append((layer, new, rec))
@@ -316,7 +330,10 @@ def _reloads(layer) -> bool:
     if not build_config:
         return True
     try:
-        copy = _keras.recreate(layer, _keras.config_of(layer))
+        # Strictly, as loading does (`recreate` tolerates derived config keys that loading refuses:
+        # keras_hub's HierarchicalTransformerEncoder saves `mlp` and `drop_prop`).
+        with _keras.trusted_deserialization():
+            copy = type(layer).from_config(_keras.config_of(layer))
         with warnings.catch_warnings():  # a layer without build() of its own warns here
             warnings.simplefilter("ignore")
             copy.build_from_config(json.loads(json.dumps(build_config)))

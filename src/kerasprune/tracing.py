@@ -243,6 +243,13 @@ def _trace(layer, args, kwargs, inputs: list, expected: list | None) -> Trace:
                             name=layer.name)
     except Exception as e:
         return Trace(layer, None, f"its traced call does not form a Functional graph ({type(e).__name__}: {e}) ({HINT})")
+    for _ in range(8):  # a rewritten reshape makes the shapes after it known: maybe more to rewrite
+        if not _fill_batch_reshapes(model):
+            break
+        try:  # the same layers and operations, called again: the shapes after the rewritten reshapes
+            model = keras.models.clone_model(model, clone_function=lambda op: op)
+        except Exception as e:
+            return Trace(layer, None, f"its traced call does not form a Functional graph ({type(e).__name__}: {e}) ({HINT})")
     own = _own_weights(layer, model)
     if own:
         names = ", ".join(f"'{n}'" for n in own[:4]) + (" ..." if len(own) > 4 else "")
@@ -266,6 +273,44 @@ def _trace(layer, args, kwargs, inputs: list, expected: list | None) -> Trace:
         )
     log.debug("traced %s: %d nodes, check %.1e", name, len(list(_keras.nodes_in_order(model))), diff)
     return Trace(layer, model, branches_on_training=_branches_on_training(layer, args, kwargs, inputs, model))
+
+
+_RESHAPE = tuple(_keras.op_classes("numpy", ["Reshape"]))
+
+
+def _fill_batch_reshapes(model) -> bool:
+    """Give traced `ops.reshape` calls a batch size of -1 where the trace left `None`.
+
+    `ops.reshape(x, (ops.shape(x)[0], ...))` (keras_hub's SegFormer attention and MixFFN)
+    runs on real tensors with the real batch size; traced on symbolic ones, `ops.shape(x)[0]`
+    is `None`, which the traced graph cannot run. When the leading entry of the target is
+    `None`, the input's batch size is unknown and every other entry is known (a -1 there is
+    worked out from the input's other dimensions, the batch staying the batch), the target
+    becomes `(-1, ...)`. The numerical check of the trace then verifies the rewrite.
+    Returns whether a target was rewritten.
+    """
+    changed = False
+    for node in _keras.nodes_in_order(model):
+        op = node.operation
+        if not isinstance(op, _RESHAPE) or len(node.input_tensors) != 1:
+            continue
+        shape, src = op.newshape, tuple(node.input_tensors[0].shape)
+        if not isinstance(shape, (list, tuple)) or not shape or shape[0] is not None or not src or src[0] is not None:
+            continue
+        rest = list(shape[1:])
+        if None in rest or None in src[1:] or not all(isinstance(d, (int, np.integer)) for d in rest):
+            continue
+        if rest.count(-1) == 1:
+            known = int(np.prod([d for d in rest if d != -1]))
+            size = int(np.prod(src[1:]))
+            if known == 0 or size % known:
+                continue
+            rest[rest.index(-1)] = size // known
+        elif rest.count(-1) > 1:
+            continue
+        _keras.set_op_argument(op, "newshape", tuple([-1] + [int(d) for d in rest]))
+        changed = True
+    return changed
 
 
 def _op_kinds(model) -> list[str]:
@@ -319,6 +364,12 @@ def _why_call_failed(e: Exception) -> str:
         "placeholder for a shape" in text
     ):
         what = "its call uses backend or NumPy functions directly instead of keras.ops, which cannot be traced"
+    elif "Attempt to convert a value (None)" in text:
+        what = (
+            "its call uses a dimension that is unknown on symbolic tensors (the batch size, "
+            "`ops.shape(x)[0]`, is None) as a value, e.g. in a shape for keras.random or a constant "
+            "(a traced graph cannot hold it)"
+        )
     else:
         what = "its call cannot be run on symbolic tensors"
     return f"{what} ({msg}); {HINT}"

@@ -7,6 +7,8 @@
   is not coupled.
 - `Concatenate` on the channel axis places each input's channels at an offset;
   on any other axis it couples its inputs like `Add`.
+- `Dot` over the channel axis couples its two inputs' channels (approximate: it has no
+  weights to mask); over other axes it is a barrier.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _couple(view: NodeView, g) -> list[Chan]:
     out_rank = len(out_shape)
     out_axes = {c.axis + out_rank - len(view.in_shapes[i]) for i, c in live}
     if len(out_axes) != 1:
-        raise Barrier("its inputs carry channels on different axes")
+        raise Barrier("its inputs carry channels on different axes (prunable only when every input carries them on the same axis)")
     out_axis = out_axes.pop()
     size = out_shape[out_axis]
     ref = None
@@ -68,11 +70,52 @@ class ConcatenateRule(Rule):
             return [view.inputs[0]]
         axis = norm_axis(int(view.layer.axis), len(view.out_shapes[0]))
         if any(c.axis != live[0].axis for c in live):
-            raise Barrier("its inputs carry channels on different axes")
+            raise Barrier("its inputs carry channels on different axes (prunable only when every input carries them on the same axis)")
         if live[0].axis != axis:
             return _couple(view, g)
         parts = [g.expect(view, i, axis) for i in range(len(view.inputs))]
         return [Chan(axis, np.concatenate(parts))]
+
+
+class DotRule(Rule):
+    """`Dot` contracting the channel axis of both inputs (cosine or dot-product similarity).
+
+    The channels of the two inputs are coupled (channel `c` of one multiplies channel `c` of
+    the other) and the output carries none. `Dot` has no weights that masking could zero, so
+    removal equals masking only where the removed channels are zero at its inputs (as after a
+    linear producer, ReLU or BatchNormalization, not after a sigmoid); with `normalize=True`
+    the norms also change. The group is therefore prunable but approximate. A `Dot` over
+    other axes mixes the inputs' channels into its output: a barrier.
+    """
+
+    couples_calls = False
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        if len(view.inputs) != 2:
+            raise Barrier(f"expects 2 inputs, got {len(view.inputs)}")
+        axes = view.layer.axes
+        axes = list(axes) if isinstance(axes, (list, tuple)) else [axes, axes]
+        if any(isinstance(a, (list, tuple)) for a in axes):
+            raise Barrier(f"contracts several axes ({view.layer.axes}); only one axis per input is supported")
+        axes = [norm_axis(int(a), len(s)) for a, s in zip(axes, view.in_shapes)]
+        live = [c for c in view.inputs if not c.frozen]
+        if any(c.axis != a for c, a in zip(view.inputs, axes) if not c.frozen):
+            raise Barrier(
+                f"contracts axes {tuple(axes)}, not the channel axis of its inputs: its output mixes their "
+                "channels (prunable only when Dot contracts the channel axis, axes=-1 for channels-last inputs)"
+            )
+        frozen = Chan(None, None, frozen=f"the output of '{view.key}' (Dot) has no channels")
+        if not live:
+            return [frozen]
+        a, b = (g.expect(view, i, axes[i]) for i in range(2))
+        g.unify(a, b)
+        what = "normalizes and sums" if view.layer.normalize else "sums"
+        g.inexact(
+            a,
+            f"'{view.key}' (Dot) {what} the products of its inputs' channels: removal equals masking only "
+            "where the removed channels are zero at its inputs",
+        )
+        return [frozen]
 
 
 register_many(
@@ -80,3 +123,4 @@ register_many(
     CouplerRule(),
 )
 register_rule(layers.Concatenate, ConcatenateRule())
+register_rule(layers.Dot, DotRule())

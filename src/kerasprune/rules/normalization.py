@@ -1,7 +1,7 @@
 """Pass-through rules for layers with per-channel parameters.
 
-`BatchNormalization` (inference) is channel-wise and exact. Layer, group and
-unit normalization compute statistics *across* channels: they are prunable but
+`BatchNormalization` (inference) is channel-wise and exact. Layer, RMS, group
+and unit normalization compute statistics *across* channels: they are prunable but
 approximate (`exact=False`), because the kept channels' outputs change when
 other channels are removed.
 """
@@ -119,6 +119,13 @@ class LayerNormRule(ChannelParams):
         return super().analyze(view, g)
 
 
+class RMSNormRule(LayerNormRule):
+    """`RMSNormalization`: a per-channel `scale`; approximate when the channel axis is normalized."""
+
+    def __init__(self):
+        ChannelParams.__init__(self, ("scale",), exact=False)
+
+
 class GroupNormRule(ChannelParams):
     """`GroupNormalization`: exact when every channel is its own group."""
 
@@ -230,6 +237,8 @@ class NormalizationRule(Rule):
 
 register_rule(layers.BatchNormalization, BatchNormRule())
 register_rule(layers.LayerNormalization, LayerNormRule())
+if getattr(layers, "RMSNormalization", None) is not None:  # Keras >= 3.9
+    register_rule(layers.RMSNormalization, RMSNormRule())
 register_rule(layers.GroupNormalization, GroupNormRule())
 register_rule(layers.UnitNormalization, UnitNormRule())
 register_rule(layers.PReLU, PReLURule())

@@ -32,7 +32,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kerasprune._keras import KerasTensor, call_arguments, op_classes
+from kerasprune._keras import KerasTensor, activation_classes, call_arguments, op_classes
 from kerasprune.rules.base import Barrier, Chan, NodeIO, NodeView, Rule, channel_axis, norm_axis
 from kerasprune.rules.merging import _couple
 from kerasprune.rules.registry import register_many
@@ -212,7 +212,10 @@ class ReduceOpRule(OperationRule):
         if axes is None:
             raise Barrier(f"{self.what} over every axis mixes channels")
         if c.axis in axes:
-            raise Barrier(f"{self.what} over the channel axis mixes channels")
+            raise Barrier(
+                f"{self.what} over the channel axis mixes channels (prunable only when it reduces other axes; "
+                "the layers before and after it are pruned separately)"
+            )
         keepdims = bool(getattr(view.layer, "keepdims", False))
         if 0 in axes and not keepdims:
             raise Barrier(f"{self.what} over the batch axis leaves no batch axis")
@@ -288,6 +291,7 @@ _MULTIPLIES = "multiplies by a tensor operand (matmul/einsum/dot/conv by a tenso
 register_many(op_classes("numpy", _NUMPY_ELEMENTWISE), ElementwiseOpRule())
 register_many(op_classes("nn", _NN_ELEMENTWISE), ElementwiseOpRule())
 register_many(op_classes("math", ["Rsqrt", "Erf", "Erfc", "Erfinv"]), ElementwiseOpRule())
+register_many(activation_classes(["ReLU", "Mish"]), ElementwiseOpRule())  # keras.activations.relu(x)
 register_many(op_classes("core", ["Cast", "SaturateCast", "StopGradient", "ConvertToTensor"]), ElementwiseOpRule())
 for _cls in op_classes("numpy", _REDUCTIONS):
     register_many([_cls], ReduceOpRule(_cls.__name__.lower()))
@@ -314,7 +318,7 @@ register_many(op_classes("image", ["RGBToGrayscale", "RGBToHSV", "HSVToRGB"]), O
 register_many(op_classes("nn", ["DepthToSpace"]), OpBarrier("moves channels to spatial positions (depth_to_space)"))
 register_many(
     op_classes("nn", ["SpaceToDepth"]) + op_classes("image", ["ExtractPatches"]),
-    OpBarrier("moves spatial positions into the channel axis"),
+    OpBarrier("moves spatial positions into the channel axis (prunable only when channels stay on their own axis)"),
 )
 
 __all__ = ["AxisOpRule", "ElementwiseOpRule", "OpBarrier", "OpRule", "OperationRule", "ReduceOpRule", "SpatialOpRule"]

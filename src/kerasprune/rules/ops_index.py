@@ -58,7 +58,10 @@ def _read(out: np.ndarray, in_axis: int, what: str) -> Chan | None:
     try:
         chan = read_channel_axis(small, offset=0)
     except Barrier:
-        raise Barrier(f"{what} mixes the channel axis with other axes") from None
+        raise Barrier(
+            f"{what} mixes the channel axis with other axes (prunable only when the channels stay together "
+            "on one axis, e.g. (B, N, C) -> (B, N, 1, C), not split into (B, N, heads, C // heads))"
+        ) from None
     if chan.axis == 0:
         raise Barrier(f"{what} moves channels onto the batch axis")
     return chan

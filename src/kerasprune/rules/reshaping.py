@@ -1,8 +1,9 @@
 """Rules for weightless layers that keep, move or rearrange channels.
 
 - Element-wise layers (activations, dropout, noise) hand channels on unchanged.
-- Spatial layers (pooling, padding, cropping, up-sampling) work per channel on
-  the other axes; their `data_format` must agree with where channels are.
+- Spatial layers (pooling, adaptive pooling, padding, cropping, up-sampling) work per
+  channel on the other axes; their `data_format` must agree with where channels are.
+- `RepeatVector` repeats a vector along a new time axis: channels move to axis 2.
 - `Flatten`, `Reshape` and `Permute` are handled by one mechanism: lay the
   channel atoms out over the tensor's shape, apply the layer's rearrangement,
   and read off where the atoms went.
@@ -206,13 +207,18 @@ class ReshapeRule(Rule):
         g.expect(view, 0, c.axis)
         out_shape = view.out_shapes[0][1:]
         if any(d is None for d in out_shape):
-            raise Barrier(f"output shape {tuple(view.out_shapes[0])} is not static")
+            raise Barrier(
+                f"output shape {tuple(view.out_shapes[0])} is not static (a Reshape is prunable only when its "
+                "output dimensions other than the batch are known: give it a static target_shape)"
+            )
         grid = np.ascontiguousarray(_grid(view)).reshape(out_shape)
         try:
             return [_read_axis(grid, view.key)]
         except Barrier:
             raise Barrier(
-                f"reshape {tuple(view.in_shapes[0])} -> {tuple(view.out_shapes[0])} mixes the channel axis"
+                f"reshape {tuple(view.in_shapes[0])} -> {tuple(view.out_shapes[0])} mixes the channel axis: "
+                "its channels are spread over several axes (prunable only when the channels stay on one axis "
+                "or are flattened; the layers before and after it are pruned separately)"
             ) from None
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
@@ -237,6 +243,18 @@ class PermuteRule(Rule):
         atoms = g.expect(view, 0, c.axis)
         dims = list(view.layer.dims)  # 1-based over batch-less axes
         return [Chan(dims.index(c.axis) + 1, atoms)]
+
+
+class RepeatVectorRule(Rule):
+    """`RepeatVector`: `(batch, C)` -> `(batch, n, C)`; channels move from axis 1 to axis 2."""
+
+    couples_calls = False
+
+    def analyze(self, view: NodeView, g) -> list[Chan]:
+        c = view.inputs[0]
+        if c.frozen:
+            return [c]
+        return [Chan(2, g.expect(view, 0, 1))]
 
 
 register_many(
@@ -276,6 +294,11 @@ register_many(
         layers.UpSampling1D,
         layers.UpSampling2D,
         layers.UpSampling3D,
+        *(
+            getattr(layers, f"Adaptive{kind}Pooling{n}D", None)  # Keras >= 3.12
+            for kind in ("Average", "Max")
+            for n in (1, 2, 3)
+        ),
     ],
     SpatialRule(),
 )
@@ -317,5 +340,6 @@ register_many(
 register_rule(layers.Flatten, FlattenRule())
 register_rule(layers.Reshape, ReshapeRule())
 register_rule(layers.Permute, PermuteRule())
+register_rule(layers.RepeatVector, RepeatVectorRule())
 
 __all__ = ["Elementwise", "SpatialRule", "compress_list"]
