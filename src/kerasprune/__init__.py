@@ -6,12 +6,14 @@ Core:
     mask_filters(model, selection) -> None            in place, exact zeroing
 Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
 Workflow:    sensitivity, prune_and_finetune, SoftPruning
-Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
+Files:       load_model (safe_mode), save_model (atomic); reports: compare
+Latency:     measure_latency, latency_breakdown, get_runtime, build_latency_model; select(target_latency=)
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
 
 from kerasprune import criteria
 from kerasprune.allocation import select
+from kerasprune.breakdown import LatencyBreakdown, latency_breakdown
 from kerasprune.criteria import score
 from kerasprune.errors import (
     ModelLoadError,
@@ -24,9 +26,11 @@ from kerasprune.finetune import FinetuneHistory, prune_and_finetune
 from kerasprune.flops import count_flops, count_params, flops_by_layer
 from kerasprune.graph import ChannelGraph, Group, analyze
 from kerasprune.io import load_model, save_model
+from kerasprune.latency import LatencyResult, measure_latency
+from kerasprune.latency_model import LatencyModel, build_latency_model
 from kerasprune.masking import mask_filters
 from kerasprune.plan import Plan, make_plan
-from kerasprune.report import Comparison, LatencyResult, compare, measure_latency
+from kerasprune.report import Comparison, compare
 from kerasprune.rules import (
     ChannelParams,
     CouplerRule,
@@ -35,6 +39,7 @@ from kerasprune.rules import (
     register_rule,
     unregister_rule,
 )
+from kerasprune.runtimes import Runtime, get_runtime
 from kerasprune.selection import Selection
 from kerasprune.sensitivity import SensitivityResult, sensitivity
 from kerasprune.soft import PolynomialSchedule, SoftPruning
@@ -50,6 +55,8 @@ __all__ = [
     "Elementwise",
     "FinetuneHistory",
     "Group",
+    "LatencyBreakdown",
+    "LatencyModel",
     "LatencyResult",
     "ModelLoadError",
     "ModelSaveError",
@@ -57,17 +64,21 @@ __all__ = [
     "PolynomialSchedule",
     "PruningError",
     "Rule",
+    "Runtime",
     "Selection",
     "SelectionError",
     "SensitivityResult",
     "SoftPruning",
     "UnsupportedLayerError",
     "analyze",
+    "build_latency_model",
     "compare",
     "count_flops",
     "count_params",
     "criteria",
     "flops_by_layer",
+    "get_runtime",
+    "latency_breakdown",
     "load_model",
     "make_plan",
     "mask_filters",
