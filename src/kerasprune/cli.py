@@ -193,6 +193,9 @@ def prune(
     exclude: Annotated[list[str] | None, typer.Option(help="Never prune these layers (name or regex).")] = None,
     target_flops: Annotated[float | None, typer.Option(help="Fraction of the MACs to keep, e.g. 0.5.")] = None,
     target_params: Annotated[float | None, typer.Option(help="Fraction of the parameters to keep.")] = None,
+    target_latency: Annotated[float | None, typer.Option(help="Fraction of the latency to keep on --runtime, measured.")] = None,
+    runtime: Annotated[str, typer.Option(help="Runtime for latency: keras, litert or onnx.")] = "keras",
+    batch_size: Annotated[int, typer.Option(help="Batch size for --target-latency and the latency report.")] = 1,
     plan: Annotated[Path | None, typer.Option(help="Apply a saved plan (JSON from --save-plan).")] = None,
     save_plan: Annotated[Path | None, typer.Option(help="Write the selection as JSON.")] = None,
     data: Annotated[Path | None, typer.Option(help=".npz with x and y: data-driven criteria and accuracy.")] = None,
@@ -219,7 +222,9 @@ def prune(
     from kerasprune.selection import Selection
     from kerasprune.testing import copy_model, max_output_difference, random_input
 
-    by_criterion = any(v is not None for v in (criterion, ratio, count, threshold, target_flops, target_params))
+    by_criterion = any(
+        v is not None for v in (criterion, ratio, count, threshold, target_flops, target_params, target_latency)
+    )
     modes = [name for name, on in (("--layer/--filters", bool(layer or filters)), ("--criterion", by_criterion), ("--plan", plan is not None)) if on]
     if len(modes) != 1:
         raise CliError(
@@ -249,6 +254,7 @@ def prune(
                     target_params=target_params, round_to=round_to, min_keep=min_keep,
                     include=include or None, exclude=exclude or None,
                     data=_batches(xy) if xy is not None else None, loss=loss, graph=graph,
+                    target_latency=target_latency, runtime=runtime, latency_batch_size=batch_size,
                 )
             else:
                 selection = Selection(_explicit(layer or [], filters or []))
@@ -284,7 +290,8 @@ def prune(
             save_model(result, output, overwrite=force, source=model)
         with step("Measuring params, FLOPs and latency"):
             comparison = compare(
-                m, result, data=xy, latency=runs > 0, runs=max(runs, 1), before_path=model, after_path=output
+                m, result, data=xy, latency=runs > 0, runs=max(runs, 1), batch_size=batch_size,
+                before_path=model, after_path=output, runtime=runtime,
             )
     if max_error is not None:
         verdict = "[green]OK[/]" if max_error < 1e-4 else "[yellow]approximate groups: expected[/]"
@@ -336,6 +343,8 @@ def report_cmd(
     plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots.")] = None,
     runs: Annotated[int, typer.Option(help="Timed batches for the latency measurement (0: skip).")] = 20,
     batch_size: Annotated[int, typer.Option(help="Batch size for the latency measurement.")] = 1,
+    runtime: Annotated[str, typer.Option(help="Runtime for latency: keras, litert or onnx.")] = "keras",
+    breakdown: Annotated[bool, typer.Option("--breakdown", help="Time every layer alone; flag layers not faster with their MACs.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --json file.")] = False,
     unsafe: Annotated[bool, typer.Option("--unsafe", help="Load Lambda layers (runs code from the file).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
@@ -352,9 +361,17 @@ def report_cmd(
         with step("Measuring"):
             comparison = compare(
                 a, b, data=data, latency=runs > 0, runs=max(runs, 1), batch_size=batch_size,
-                before_path=before, after_path=after,
+                before_path=before, after_path=after, runtime=runtime, breakdown=breakdown,
             )
     _out().print(comparison.table(title=escape(f"{before} vs {after}")))
+    if comparison.breakdown is not None:
+        bd = comparison.breakdown
+        _out().print(bd.table())
+        slow = ", ".join(r.key for r in bd.flagged) or "none"
+        _out().print(
+            f"Layers whose time fell less than {bd.slack:g}x their MACs: {escape(slow)} "
+            f"(dispatch overhead {bd.overhead_ms:.3f} ms removed from each layer time)"
+        )
     if plots is not None:
         from kerasprune.plots import write_plots
 
