@@ -135,8 +135,7 @@ def test_group_subgraph_holds_the_groups_layers_and_leaves_the_model_alone():
 
 
 # -- targets, refinement, guard, cache -------------------------------------------------------
-@pytest.mark.backend
-@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("batch_size", [pytest.param(1, marks=pytest.mark.backend), 4])
 def test_latency_target_met_and_reported(batch_size):
     model = _net()
     rt = MacRuntime()
@@ -154,7 +153,6 @@ def test_latency_target_met_and_reported(batch_size):
     assert calls == 1 + len(kp.analyze(model).prunable_groups) + 1
 
 
-@pytest.mark.backend
 def test_refinement_recalibrates_wrong_tables():
     """Tables that see half the real saving lead the first candidate astray; the measured
     candidate recalibrates the predictor, and the returned plan meets the target."""
@@ -170,7 +168,6 @@ def _misaligned_penalty(model) -> float:
     return 100.0 if any(w % 8 for w in _widths(model)) else 0.0
 
 
-@pytest.mark.backend
 def test_guard_never_returns_a_plan_measured_slower(caplog):
     model = _net()
     rt = MacRuntime(penalty=_misaligned_penalty)  # tables (widths 24/16/8) never see the penalty

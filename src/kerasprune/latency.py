@@ -212,16 +212,24 @@ def replay(nodes: Sequence, inputs: Sequence, outputs: Sequence, *, name: str) -
         x = keras.Input(tuple(t.shape[1:]), dtype=t.dtype)
         env[id(t)] = x
         new_inputs.append(x)
+    from kerasprune.surgery import _defer_initializers, _restore_initializers
+
     clones: dict[int, Any] = {}
-    for node in nodes:
-        op = node.operation
-        new = clones.get(id(op))
-        if new is None:
-            new = clones[id(op)] = _clone_op(op)
-        args, kwargs = _keras.fill_in(node, env)
-        outs = keras.tree.flatten(new(*args, **kwargs))
-        for t, o in zip(node.outputs, outs):
-            env[id(t)] = o
+    swapped: list = []  # weights are copied below: build with zeros, not random initializers
+    try:
+        for node in nodes:
+            op = node.operation
+            new = clones.get(id(op))
+            if new is None:
+                new = clones[id(op)] = _clone_op(op)
+                if new is not op:
+                    _defer_initializers(new, swapped)
+            args, kwargs = _keras.fill_in(node, env)
+            outs = keras.tree.flatten(new(*args, **kwargs))
+            for t, o in zip(node.outputs, outs):
+                env[id(t)] = o
+    finally:
+        _restore_initializers(swapped)
     for node in nodes:
         op = node.operation
         new = clones[id(op)]
