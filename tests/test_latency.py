@@ -244,8 +244,10 @@ def test_next_macs_interpolates_between_measured_plans():
     assert _next_macs([(1.0, 1.0)], 0.5) == (0.5, 0.5)  # nothing measured: proportional
     x, expect = _next_macs([(1.0, 1.0), (0.4, 0.3)], 0.5)  # bracketed: regula falsi
     assert x == pytest.approx(0.4 + 0.2 / 0.7 * 0.6) and expect == 0.5
-    x, _ = _next_macs([(1.0, 1.0), (0.6, 0.8)], 0.5)  # not yet: the secant, extended
+    x, _ = _next_macs([(1.0, 1.0), (0.6, 0.8)], 0.5)  # not yet: the chord from (1, 1), extended
     assert x == pytest.approx(0.6 - 0.3 / 0.5)
+    x, _ = _next_macs([(1.0, 1.0), (0.5, 0.6), (0.45, 0.595)], 0.5)  # two close, noisy plans
+    assert x == pytest.approx(0.45 - 0.095 / (0.405 / 0.55))  # not the wild local secant
     assert _next_macs([(1.0, 1.0), (0.4, 0.7)], 0.5)[0] == pytest.approx(0.0)  # at 0: the planner's limit decides
     # noise: the cheaper plan measured slower; pooled to 0.5 over both, the crossing is at 0.5
     x, _ = _next_macs([(1.0, 1.0), (0.5, 0.4), (0.3, 0.6)], 0.5)

@@ -103,8 +103,9 @@ def _next_macs(points: list[tuple[float, float]], target: float) -> tuple[float,
     `points` are measured `(MAC fraction, latency fraction)` pairs, `(1, 1)` included, made
     monotone first (`_monotone`). Between the closest plans measured on either side of the
     target: linear interpolation (regula falsi); while every plan measured above it: the
-    secant through the two least costly plans, extended (latency is close to affine in MACs
-    on one runtime, far closer than in channel counts).
+    chord from the original `(1, 1)` through the least costly plan, extended. Latency on one
+    runtime is close to affine in MACs (far closer than in channel counts), and the chord is
+    exact for an affine relation; a secant through two nearby noisy plans is not.
     """
     pts = [(-k, m) for k, m in _monotone([(-f, m) for f, m in points])]  # non-decreasing in f
     above = sorted((f, m) for f, m in pts if m > target)
@@ -113,10 +114,9 @@ def _next_macs(points: list[tuple[float, float]], target: float) -> tuple[float,
     if below:
         f_b, m_b = max(below)
         return f_b + (target - m_b) / max(m_a - m_b, 1e-12) * (f_a - f_b), target
-    nxt = next(((f, m) for f, m in above if f > f_a and m > m_a), (1.0, 1.0) if f_a < 1.0 else None)
-    if nxt is None:
+    if f_a >= 1.0 or m_a >= 1.0:
         return f_a * target / m_a, target
-    slope = (nxt[1] - m_a) / (nxt[0] - f_a)
+    slope = (1.0 - m_a) / (1.0 - f_a)  # the chord from the original: exact when latency is affine in MACs
     return max(f_a - (m_a - target) / slope, 0.0), target
 
 
