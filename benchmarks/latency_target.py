@@ -3,7 +3,7 @@
 For each model (`keras.applications`, `weights=None`), input size, batch size and
 runtime (`keras` = `predict_on_batch` on TensorFlow, `litert`, `onnx`), this runs
 
-    sel = kerasprune.select(model, "l1", target_latency=T, runtime=rt, batch_size=bs)
+    sel = kerasprune.select(model, "l1", target_latency=T, runtime=rt, latency_batch_size=bs)
 
 and records what the selection reports (the original's and the pruned model's
 latency, measured interleaved in one run, and the planner's prediction), then
@@ -78,8 +78,10 @@ def target_row(name, model, graph, rt, batch, target, round_to, args) -> dict:
     opts["statistic"] = args.statistic
     tables_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sel = kp.select(model, "l1", target_latency=target, runtime=rt, batch_size=batch, round_to=round_to,
+    sel = kp.select(model, "l1", target_latency=target, runtime=rt, latency_batch_size=batch, round_to=round_to,
                     graph=graph, latency_options=opts)
+    if sel.latency_batch_size != batch:
+        raise RuntimeError(f"measured at batch {sel.latency_batch_size}, asked for {batch}")
     search_s = time.perf_counter() - t0
     pruned = kp.remove_filters(model, sel, graph=graph)
     flat = _flat(graph, sel)
@@ -184,7 +186,7 @@ def _line(r: dict) -> str:
 
 def markdown(data: dict) -> str:
     lines = [
-        "# Latency targets: `select(model, 'l1', target_latency=T, runtime=..., batch_size=...)`",
+        "# Latency targets: `select(model, 'l1', target_latency=T, runtime=..., latency_batch_size=...)`",
         "",
         "`weights=None` models. *achieved* = the selection's own measurement (original and pruned "
         "timed interleaved; median of the per-round ratios); *verify* = an independent second "
