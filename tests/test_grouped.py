@@ -104,3 +104,23 @@ def test_soft_pruning_masks_balanced_groups():
     pruning.on_epoch_begin(0)
     smaller = pruning.finalize(model)
     assert smaller.get_layer("grouped").filters % 4 == 0
+
+
+def test_sensitivity_scans_grouped_groups_balanced_and_prints_its_plan():
+    model = resnext_block()
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    ref = keras.ops.convert_to_numpy(model(x))
+
+    def closeness(m):
+        return -float(np.abs(keras.ops.convert_to_numpy(m(x)) - ref).mean())
+
+    graph = kp.analyze(model)
+    gid = graph.group_of("grouped").id
+    result = kp.sensitivity(model, closeness, ratios=[0.25, 0.5], groups=["grouped"], progress=False)
+    assert [r.removed for r in result.rows if r.group == gid] == [4, 8]  # one / two per conv group
+    selection = result.plan(tolerance=1e9)
+    assert len(selection["grouped"]) == 8
+    text = str(selection)
+    assert "grouped" in text and "MACs:" in text and "params:" in text
+    pruned = kp.remove_filters(model, selection)
+    assert pruned.get_layer("grouped").filters == 8

@@ -8,6 +8,7 @@ Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
 Workflow:    sensitivity, prune_and_finetune, SoftPruning
 Files:       load_model (safe_mode), save_model (atomic); reports: compare
 Latency:     measure_latency, latency_breakdown, get_runtime, build_latency_model; select(target_latency=)
+Deploy:      fold_batchnorm (BatchNorm and other affine layers into convs); kerasprune.export
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
 
@@ -15,6 +16,7 @@ from kerasprune import criteria
 from kerasprune.allocation import select
 from kerasprune.breakdown import LatencyBreakdown, latency_breakdown
 from kerasprune.criteria import score
+from kerasprune.deploy import fold_batchnorm
 from kerasprune.errors import (
     ModelLoadError,
     ModelSaveError,
@@ -77,6 +79,7 @@ __all__ = [
     "count_params",
     "criteria",
     "flops_by_layer",
+    "fold_batchnorm",
     "get_runtime",
     "latency_breakdown",
     "load_model",

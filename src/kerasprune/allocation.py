@@ -27,7 +27,7 @@ from kerasprune.errors import PruningError, SelectionError
 from kerasprune.flops import CostModel
 from kerasprune.graph import ChannelGraph, graph_for
 from kerasprune.groupwise import cells, lowest, removable
-from kerasprune.plan import Plan
+from kerasprune.plan import Plan, group_parts
 from kerasprune.selection import Selection, SkippedGroup
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,9 @@ class _Planner:
             m = float(np.mean(np.abs(s)))
             self.norm[g.id] = s / m if m > 0 else s
         self.total = sum(g.size for g in groups)
+        self.parts: dict[int, list[np.ndarray]] = {}  # parts of a group that must keep a channel
+        for gid, _, chans in group_parts(graph):
+            self.parts.setdefault(gid, []).append(chans)
         if groups:
             vals = np.concatenate([np.sort(self.norm[g.id]) for g in groups])
             gids = np.concatenate([np.full(g.size, g.id) for g in groups])
@@ -314,10 +317,33 @@ class _Planner:
     def removal(self, n_remove: dict[int, int]) -> dict[int, np.ndarray]:
         out = {}
         for g in self.groups:
-            cell_list = self.cells.get(g.id)
+            cell_list, parts = self.cells.get(g.id), self.parts.get(g.id)
             n = removable(g.size, n_remove.get(g.id, 0), cell_list, min_keep=self.min_keep, round_to=self.round_to)
-            out[g.id] = lowest(self.scores[g.id], 0.0, n, cell_list) if cell_list else np.sort(self.order[g.id][:n])
+            if cell_list:
+                out[g.id] = lowest(self.scores[g.id], 0.0, n, cell_list)
+            elif parts and n:
+                out[g.id] = np.sort(self._lowest_keeping(g, n, parts))
+            else:
+                out[g.id] = np.sort(self.order[g.id][:n])
         return out
+
+    def _lowest_keeping(self, g, k: int, parts: list[np.ndarray]) -> np.ndarray:
+        """The `k` lowest-scoring channels of `g`, skipping any that would empty a part (a slice, a split)."""
+        left = np.array([len(p) for p in parts])
+        member: dict[int, list[int]] = {}
+        for i, p in enumerate(parts):
+            for ch in p.tolist():
+                member.setdefault(ch, []).append(i)
+        chosen = []
+        for ch in self.order[g.id].tolist():
+            if len(chosen) == k:
+                break
+            mine = member.get(ch, [])
+            if mine and (left[mine] <= 1).any():
+                continue
+            left[mine] -= 1
+            chosen.append(ch)
+        return np.asarray(chosen, dtype=np.int64)
 
     def below(self, t: float, normalized: bool) -> dict[int, int]:
         src = self.norm if normalized else self.scores
@@ -336,6 +362,8 @@ class _Planner:
         why = " and ".join(
             f"{k}={v}" for k, v in (("min_keep", self.min_keep), ("round_to", self.round_to)) if v and v != 1
         ) or "min_keep=1"
+        if any(g.id in self.parts for g, _, _ in changed):
+            why += " (or a part of a group that a slice, split or concatenation carries, which keeps a channel)"
         sample = ", ".join(f"group {g.id} [{g.layers[0]}] {want} -> {got}" for g, want, got in changed[:4])
         more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
         return [f"{why} changed the channels removed in {len(changed)} groups: {sample}{more}"]

@@ -14,8 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import keras
 import numpy as np
 
+from kerasprune import _keras, tracing
 from kerasprune.errors import describe
 from kerasprune.rules.base import Barrier, Chan, NodeView, Rule, WeightSlice, norm_axis
 from kerasprune.rules.registry import find_rule
@@ -60,6 +62,7 @@ class LayerRecord:
     calls: list[CallRecord] = field(default_factory=list)
     produces: np.ndarray | None = None
     barrier: str | None = None
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Builder:
@@ -79,6 +82,11 @@ class Builder:
         self._channelwise = set(channelwise)
         self.order: list[str] = []
         self.nested: dict[str, list] = {}
+        #: key of a traced composite layer -> its trace (Functional graph) at each call
+        self.traced: dict[str, list] = {}
+        self.traced_layers: dict[str, Any] = {}
+        self.traced_nodes: dict[str, list] = {}
+        self._recreate: dict[int, str | None] = {}
 
     # -- union-find ------------------------------------------------------------------
     def new_atoms(self, n: int, owner: str | None = None, blocked: str | None = None) -> np.ndarray:
@@ -113,11 +121,22 @@ class Builder:
         return _components(n, a, b), _components(len(self._space_parent), space[a], space[b])
 
     # -- rule-facing API -------------------------------------------------------------
-    def produce(self, view: NodeView, n: int) -> np.ndarray:
+    def produce(self, view: NodeView, n: int, part: str | None = None) -> np.ndarray:
+        """`n` channels owned by the layer: its filters, or with `part`, another set it owns.
+
+        A part (a `MultiHeadAttention`'s heads) is its own group, selected as
+        `'<layer>/<part>'`; its keep mask reaches `rebuild_config` as `io.parts[part]`.
+        """
         rec = self.records[view.key]
-        if rec.produces is None:
-            rec.produces = self.new_atoms(int(n), owner=view.key)
-        return rec.produces
+        if part is None:
+            if rec.produces is None:
+                rec.produces = self.new_atoms(int(n), owner=view.key)
+            return rec.produces
+        if part not in rec.parts:
+            key = f"{view.key}/{part}"
+            rec.parts[part] = self.new_atoms(int(n), owner=key)
+            self.records[key] = LayerRecord(key, view.layer, None, produces=rec.parts[part])
+        return rec.parts[part]
 
     def expect(self, view: NodeView, i: int, axis: int) -> np.ndarray:
         """Atoms of input `i` along `axis`; a barrier if channels are elsewhere."""
@@ -177,20 +196,25 @@ class Builder:
             fn, inputs, lambda op, node, ins, pre, env: self.apply(op, node, ins, pre), prefix=prefix, enter=self._enter
         )
 
-    def _enter(self, op, prefix: str, node, ins: list[Chan]) -> None:
-        """Remember a nested model's input channels: its `Input`s must be resized."""
+    def _enter(self, op, prefix: str, node, ins: list[Chan], inner) -> None:
+        """Remember a nested model's (or traced layer's) input channels: its `Input`s must be resized."""
         key = f"{prefix}{op.name}"
         self._by_id.setdefault(id(op), key)
         shapes = [tuple(t.shape) for t in node.input_tensors]
         self.nested.setdefault(key, []).append((shapes, ins))
+        if inner is not _keras.functional_of(op):
+            self.traced.setdefault(key, []).append(inner)
+            self.traced_layers[key] = op
+            self.traced_nodes.setdefault(key, []).append(node)
 
     def apply(self, op, node, ins: list[Chan], prefix: str) -> list[Chan]:
         key = f"{prefix}{op.name}"
+        shared = self._by_id.get(id(op))
         rec = self.records.get(key)
         if rec is None:
             rule = _ELEMENTWISE if (op.name in self._channelwise or key in self._channelwise) else find_rule(op)
             rec = self.records[key] = LayerRecord(key, op, rule)
-            self._by_id[id(op)] = key
+            self._by_id.setdefault(id(op), key)
             self.order.append(key)
         view = NodeView(
             layer=op,
@@ -203,10 +227,16 @@ class Builder:
         )
         try:
             if rec.rule is None:
+                refused = tracing.refusal(op, node)
+                if refused:
+                    raise Barrier(f"no pruning rule is registered for this layer type, and it cannot be traced: {refused}")
                 raise Barrier(
                     "no pruning rule is registered for this layer type "
                     "(register one with kerasprune.register_rule)"
                 )
+            if shared is not None and shared != key and getattr(op, "weights", None):
+                self._block_record(self.records.get(shared), f"it is also used as '{key}'")
+                raise Barrier(f"the same layer object is also used as '{shared}' (shared across nested graphs)")
             outs = rec.rule.analyze(view, self)
             if len(outs) != len(node.outputs):
                 raise Barrier(f"rule returned {len(outs)} outputs for {len(node.outputs)} tensors")
@@ -225,6 +255,16 @@ class Builder:
                     self.unify(a, b)
         n_in = len(view.inputs)
         pad = lambda xs: (list(xs) + [None] * n_in)[:n_in]  # noqa: E731
+        broken = self._cannot_recreate(op)
+        if broken:
+            who = describe(op) if key == op.name else f"'{key}' ({type(op).__name__})"
+            why = f"layer {who} {broken}"
+            for atoms in [a for a in view.in_atoms if a is not None] + [c.atoms for c in outs if not c.frozen]:
+                self.block(atoms, why)
+            if rec.produces is not None:
+                self.block(rec.produces, why)
+            for s in rec.slices:
+                self.block(s.atoms, why)
         rec.calls.append(
             CallRecord(
                 pad(view.in_atoms),
@@ -237,19 +277,79 @@ class Builder:
         )
         return outs
 
+    def _inside(self, key: str) -> str:
+        """`, inside traced layer 'a' (Block)` for a layer of a traced composite's graph."""
+        outer = key.rsplit("/", 1)[0]
+        while outer:
+            layer = self.traced_layers.get(outer)
+            if layer is not None:
+                return f", inside traced layer '{outer}' ({type(layer).__name__})"
+            if "/" not in outer:
+                break
+            outer = outer.rsplit("/", 1)[0]
+        return ""
+
+    def _cannot_recreate(self, op) -> str | None:
+        """Why `op` cannot be re-created from its config (`from_config(get_config())`), or None.
+
+        Removal re-creates every layer whose channels change; a user's layer whose
+        `__init__` does not accept its own `get_config()` keys must be found now, not
+        at rebuild time. Only classes outside Keras, and Keras layers without a
+        `get_config` of their own, are checked (once per layer).
+        """
+        if not isinstance(op, keras.layers.Layer):
+            return None
+        if tracing.is_keras_class(op) and not _keras.uses_auto_config(op):
+            return None
+        if id(op) not in self._recreate:
+            self._recreate[id(op)] = _recreate_error(op)
+        return self._recreate[id(op)]
+
+    def _block_record(self, rec: LayerRecord | None, reason: str) -> None:
+        if rec is None:
+            return
+        why = f"layer '{rec.key}' ({type(rec.layer).__name__}) blocks it: {reason}"
+        rec.barrier = rec.barrier or why
+        for call in rec.calls:
+            for atoms in call.atoms():
+                self.block(atoms, why)
+        if rec.produces is not None:
+            self.block(rec.produces, why)
+
     def _barrier(self, rec: LayerRecord, view: NodeView, why: str) -> list[Chan]:
         reason = f"layer {describe(view.layer)} blocks it: {why}"
         if view.key != view.layer.name:
-            reason = f"layer '{view.key}' ({type(view.layer).__name__}) blocks it: {why}"
+            reason = f"layer '{view.key}' ({type(view.layer).__name__}{self._inside(view.key)}) blocks it: {why}"
         rec.barrier = rec.barrier or reason
         for c in view.inputs:
             if not c.frozen:
                 self.block(c.atoms, reason)
+        for own in (rec.produces, *rec.parts.values()):  # made by an earlier call, or before the rule gave up
+            if own is not None:
+                self.block(own, reason)
         n_in, n_out = len(view.inputs), len(view.out_shapes)
         rec.calls.append(
             CallRecord([None] * n_in, [None] * n_out, [None] * n_in, [None] * n_out, view.in_shapes, view.out_shapes)
         )
         return [Chan(None, None, frozen=reason) for _ in view.out_shapes]
+
+
+def _recreate_error(layer) -> str | None:
+    """Try to re-create `layer` from its config as removal will; describe the failure, if any."""
+    try:
+        config = _keras.config_of(layer)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"has no usable config (get_config() raised {type(e).__name__}: {first}); implement get_config()"
+    try:
+        _keras.recreate(layer, config)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return (
+            f"cannot be re-created from its config ({type(e).__name__}: {first}); make its __init__ "
+            "accept every key of its get_config() (or override from_config)"
+        )
+    return None
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

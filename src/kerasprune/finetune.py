@@ -11,6 +11,15 @@ never ends worse than its own best checkpoint.
 On TensorFlow the pruned models are built under the strategy the input model was
 created in (`tf.distribute.MirroredStrategy` etc.); on JAX the global
 `keras.distribution` applies to them as to any new model.
+
+Every `fit` runs under `kerasprune.stack.safe_training`: with oneDNN on x86
+(TensorFlow's and PyTorch's default), a pruned strided 1x1 convolution left with
+fewer than 16 input channels would crash the process in its weight gradient
+(docs/training-crash.md); the guard computes such layers as slice + unit-stride
+convolution while kerasprune trains, and warns if the returned model has them.
+
+Progress goes to the `kerasprune.finetune` logger at INFO: one line per epoch
+and one per step (`verbose=0` silences them).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +39,7 @@ from kerasprune.allocation import select
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params
 from kerasprune.graph import analyze
+from kerasprune.stack import safe_training, warn_if_at_risk
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
@@ -104,6 +115,7 @@ def prune_and_finetune(
     select_options: dict | None = None,
     fit_options: dict | None = None,
     channelwise: Iterable[str] = (),
+    verbose: int | bool = 1,
 ) -> tuple[keras.Model, FinetuneHistory]:
     """Remove filters in `steps` steps towards a target, fine-tuning after each.
 
@@ -130,6 +142,10 @@ def prune_and_finetune(
         fit_options: Further `model.fit` keywords (`batch_size`, `verbose`...).
         channelwise: Layer names to treat as element-wise (as in `analyze`), at
             every step.
+        verbose: Log progress to the `kerasprune.finetune` logger at INFO, one
+            line per fine-tuning epoch and one per step (0 / False: silent;
+            warnings are always logged). Keras's own progress bar is
+            `fit_options={"verbose": 1}`.
 
     Returns:
         `(pruned_model, history)`: the model of the last step, restored to its best
@@ -146,7 +162,7 @@ def prune_and_finetune(
         ...     train_data=(x, y), val_data=(xv, yv), epochs_per_step=2)
         >>> print(history.table())
     """
-    _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode)
+    _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode, verbose)
     compile_config = model.get_compile_config()
     scope = scope or ("global" if target_flops is not None else "local")
     select_options = dict(select_options or {})
@@ -156,7 +172,8 @@ def prune_and_finetune(
 
     current = model
     rows = [FinetuneStep(0, flops0, params0, _evaluate(model, val_data, monitor), 0, ())]
-    log.info("prune_and_finetune: start %s=%.5g, %d FLOPs", monitor, rows[0].val_metric, flops0)
+    if verbose:
+        log.info("prune_and_finetune: start %s=%.5g, %d FLOPs", monitor, rows[0].val_metric, flops0)
     for k in range(1, steps + 1):
         options = dict(select_options, scope=scope, data=data, loss=loss, seed=seed)
         if target_flops is not None:
@@ -173,7 +190,9 @@ def prune_and_finetune(
             pruned.compile_from_config(compile_config)
         best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights())
         if epochs_per_step:
-            _fit(pruned, train_data, val_data, epochs_per_step, [*(callbacks or []), best], fit_options)
+            progress = [_Progress(k, steps, epochs_per_step, monitor)] if verbose else []
+            with safe_training(pruned, where="prune_and_finetune"):
+                _fit(pruned, train_data, val_data, epochs_per_step, [*(callbacks or []), best, *progress], fit_options)
         values, best_epoch, best_weights = tuple(best.values), best.best_epoch, best.best_weights
         pruned.set_weights(best_weights)
         current = pruned
@@ -181,14 +200,16 @@ def prune_and_finetune(
             k, count_flops(current), count_params(current), values[best_epoch], best_epoch, tuple(values)
         )
         rows.append(row)
-        log.info(
-            "prune_and_finetune: step %d/%d, FLOPs %.1f%%, %s=%.5g (epoch %d)",
-            k, steps, 100 * row.flops / max(flops0, 1), monitor, row.val_metric, best_epoch,
-        )
+        if verbose:
+            log.info(
+                "prune_and_finetune: step %d/%d done, FLOPs %.1f%%, %s=%.5g (kept epoch %d)",
+                k, steps, 100 * row.flops / max(flops0, 1), monitor, row.val_metric, best_epoch,
+            )
+    warn_if_at_risk(current, where="prune_and_finetune")
     return current, FinetuneHistory(monitor, mode, tuple(rows))
 
 
-def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode) -> None:
+def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode, verbose) -> None:
     if (target_ratio is None) == (target_flops is None):
         raise PruningError(
             "Give exactly one of target_ratio or target_flops. "
@@ -204,6 +225,8 @@ def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode)
         raise PruningError(f"epochs_per_step must be a non-negative integer. Received: {epochs_per_step!r}")
     if mode not in ("max", "min"):
         raise PruningError(f"mode must be 'max' or 'min'. Received: mode={mode!r}")
+    if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
+        raise PruningError(f"verbose must be a non-negative integer or a bool. Received: verbose={verbose!r}")
     if not getattr(model, "compiled", False) or not model.get_compile_config():
         raise PruningError(
             f"Model '{model.name}' is not compiled; prune_and_finetune fine-tunes with the model's own "
@@ -228,6 +251,27 @@ def _fit(model, train_data, val_data, epochs, callbacks, fit_options) -> None:
     if len(args) > 2:
         kwargs.setdefault("sample_weight", args[2])
     model.fit(**kwargs)
+
+
+class _Progress(keras.callbacks.Callback):
+    """One INFO line per fine-tuning epoch: step, epoch, loss, the monitored value, time."""
+
+    def __init__(self, step: int, steps: int, epochs: int, monitor: str):
+        super().__init__()
+        self.step, self.steps, self.epochs, self.monitor = step, steps, epochs, monitor
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        shown = [("loss", logs.get("loss"))] + [(self.monitor, logs.get(self.monitor))] * (self.monitor != "loss")
+        values = ", ".join(f"{k}={float(v):.5g}" for k, v in shown if v is not None)
+        log.info(
+            "prune_and_finetune: step %d/%d, epoch %d/%d: %s (%.1f s)",
+            self.step, self.steps, epoch + 1, self.epochs, values, time.perf_counter() - self._t0,
+        )
 
 
 class _BestCheckpoint(keras.callbacks.Callback):

@@ -196,7 +196,7 @@ class CostModel:
         p_terms = []
         for key in graph.order:
             rec = graph.records[key]
-            for i, v in enumerate(rec.layer.weights):
+            for i, v in enumerate(_keras.weights_of(rec.layer)):
                 axes = [self._flat(s.atoms.reshape(-1)) for s in rec.slices if s.index == i]
                 var_axes.setdefault(id(v), axes)
                 if axes:

@@ -95,6 +95,8 @@ class ChannelGraph:
         self.options = dict(options or {})
         self.records = builder.records
         self.nested = builder.nested
+        self.traced = builder.traced
+        self.traced_nodes = builder.traced_nodes
         self.order = tuple(builder.order)
         self._by_id = builder._by_id
         n = len(builder._atom_parent)

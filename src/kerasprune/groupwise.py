@@ -53,15 +53,6 @@ def scored(chosen: list, scores: Mapping[int, np.ndarray], criterion) -> list:
     return kept
 
 
-def producers(graph: ChannelGraph, group) -> tuple[tuple[str, np.ndarray], ...]:
-    """(layer, group channel per output position, -1 elsewhere) for the group's producers."""
-    out = []
-    for layer in group.layers:
-        gids, chans = graph.channels_of(layer)
-        out.append((layer, np.where(gids == group.id, chans, -1)))
-    return tuple(out)
-
-
 def cells(graph: ChannelGraph, group) -> tuple[np.ndarray, ...] | None:
     """The group's channels split into the equal cells its balance constraints ask for.
 
@@ -133,22 +124,3 @@ def lowest(scores: np.ndarray, ratio: float, n: int | None = None, cell_list=Non
     if not per:
         return np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate([c[np.argsort(scores[c], kind="stable")[:per]] for c in cell_list]))
-
-
-def group_selection(channels, removed: Mapping[int, np.ndarray]) -> dict[str, list[int]]:
-    """{layer: positions} removing the given group channels, selected through the producers.
-
-    `channels` maps group id -> `producers(graph, group)`; a group channel is selected on
-    the first producer that has it (selecting it anywhere removes it from the whole group).
-    """
-    selection: dict[str, list[int]] = {}
-    for gid, chans in removed.items():
-        todo = set(int(c) for c in chans)
-        for layer, chan_of_pos in channels[gid]:
-            if not todo:
-                break
-            pos = [i for i, c in enumerate(chan_of_pos.tolist()) if c in todo]
-            if pos:
-                selection.setdefault(layer, []).extend(pos)
-                todo -= {int(chan_of_pos[i]) for i in pos}
-    return {k: sorted(set(v)) for k, v in selection.items()}

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasprune import _keras
 from kerasprune.errors import PruningError, SelectionError, UnsupportedLayerError
 from kerasprune.graph import ChannelGraph
 
@@ -169,7 +170,7 @@ def _config_changes(plan: Plan, rec) -> bool:
     from kerasprune.surgery import new_config
 
     try:
-        return new_config(plan, rec, rec.layer) != rec.layer.get_config()
+        return new_config(plan, rec, rec.layer) != _keras.config_of(rec.layer)
     except PruningError:
         return True
 
@@ -297,6 +298,36 @@ def make_plan(graph: ChannelGraph, selection) -> Plan:
     return _finish(graph, removed_flat, touched)
 
 
+def group_parts(graph: ChannelGraph) -> list[tuple[int, str, np.ndarray]]:
+    """The parts of groups that one tensor carries: `(group id, layer key, channels)`.
+
+    A slice or split of a group (`x[..., :4]`, one output of `ops.split`) or a
+    producer owning part of a group (`Concatenate`) must keep a channel: removal
+    cannot leave a tensor with no channels. Only proper parts (fewer channels
+    than the group) within one group are listed; computed once per graph.
+    """
+    cached = graph.__dict__.get("_group_parts")
+    if cached is not None:
+        return cached
+    seen, out = set(), []
+    for key in graph.order:
+        rec = graph.records[key]
+        tensors = [rec.produces] if rec.produces is not None else [o for c in rec.calls for o in c.outputs]
+        for atoms in tensors:
+            if atoms is None or not len(atoms):
+                continue
+            gids = np.unique(graph.atom_group[atoms])
+            if len(gids) != 1:
+                continue
+            gid = int(gids[0])
+            chans = np.unique(graph.atom_channel[atoms])
+            if len(chans) < graph.group_sizes[gid] and (gid, chans.tobytes()) not in seen:
+                seen.add((gid, chans.tobytes()))
+                out.append((gid, key, chans))
+    graph.__dict__["_group_parts"] = out
+    return out
+
+
 def _finish(graph: ChannelGraph, removed_flat: np.ndarray, touched: dict[int, set]) -> Plan:
     """Group-wise checks shared by every way of making a plan."""
     removed = {}
@@ -332,6 +363,14 @@ def _finish(graph: ChannelGraph, removed_flat: np.ndarray, touched: dict[int, se
                 f"removes {counts} (one count per group); remove whole per-group slots or the same number "
                 "from each group"
             )
+    if removed:  # a part of a group (`x[..., :4]`, one output of `ops.split`) must keep a channel too
+        for gid, key, chans in group_parts(graph):
+            if gid in removed and np.isin(chans, removed[gid]).all():
+                rec = graph.records[key]
+                raise PruningError(
+                    f"Selection removes all {len(chans)} channels of group {gid} that the output of '{key}' "
+                    f"({type(rec.layer).__name__}) carries; at least one must remain"
+                )
     plan = Plan(graph, removed, atom_removed)
     if plan.is_empty:
         log.debug("kerasprune: empty selection, nothing to remove")

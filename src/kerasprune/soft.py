@@ -15,6 +15,11 @@ exactly what the finalized, smaller model computes.
 Backends: on JAX, `model.fit` keeps the variables' values in its own state
 during an epoch; the callback calls `model.jax_state_sync()` before masking, and
 since that marks the state as synced, the next step reads the masked values back.
+
+On TensorFlow builds with oneDNN, training runs under `kerasprune.stack.guard`
+(a strided 1x1 convolution with fewer than 16 input channels would otherwise
+crash the process; docs/training-crash.md). Progress: one INFO line per epoch
+on the `kerasprune.soft` logger (`verbose=0` silences it).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from kerasprune.groupwise import cells, choose_groups, lowest, scored
 from kerasprune.masking import keep_masks
 from kerasprune.plan import Plan
 from kerasprune.selection import Selection
+from kerasprune.stack import guard
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
@@ -86,6 +92,8 @@ class SoftPruning(keras.callbacks.Callback):
         groups: Group ids or layer names to prune (default: every prunable group).
         data, loss, seed: Passed to `kerasprune.score` (data-driven criteria).
         channelwise: Layer names to treat as element-wise (as in `analyze`).
+        verbose: Log one INFO line per epoch (ratio, channels masked, loss) to the
+            `kerasprune.soft` logger; 0 / False: silent (warnings are always logged).
 
     Channels released by a re-selection restart from zero weights; as the mask also
     zeroed their BatchNorm parameters and their consumers' inputs, they may stay
@@ -114,6 +122,7 @@ class SoftPruning(keras.callbacks.Callback):
         loss: Any = None,
         seed: int = 0,
         channelwise: Iterable[str] = (),
+        verbose: int | bool = 1,
     ):
         super().__init__()
         if (ratio is None) == (schedule is None):
@@ -122,6 +131,8 @@ class SoftPruning(keras.callbacks.Callback):
             raise PruningError(f"ratio must be in [0, 1). Received: ratio={ratio}")
         if frequency not in ("epoch", "batch"):
             raise PruningError(f"frequency must be 'epoch' or 'batch'. Received: frequency={frequency!r}")
+        if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
+            raise PruningError(f"verbose must be a non-negative integer or a bool. Received: verbose={verbose!r}")
         self.criterion = criterion
         self.schedule = schedule if schedule is not None else (lambda epoch, r=float(ratio): r)
         self.frequency = frequency
@@ -129,11 +140,14 @@ class SoftPruning(keras.callbacks.Callback):
         self.groups = None if groups is None else list(groups)
         self.data, self.loss, self.seed = data, loss, seed
         self.channelwise = tuple(channelwise)
+        self.verbose = verbose
         self.selection: Selection | None = None
         self.ratio_now: float | None = None
         self._graph: ChannelGraph | None = None
         self._masks: list[tuple[Any, Any]] = []
         self._order: dict[int, np.ndarray] = {}
+        self._unguard = None
+        self._n_masked = 0
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -148,6 +162,7 @@ class SoftPruning(keras.callbacks.Callback):
                     log.warning("SoftPruning: group %d (%s) left out: %s", g.id, ", ".join(g.layers), e)
             self._cost = CostModel(self._graph)
             self._order = {}
+        self._unguard = guard(self.model, where="SoftPruning")
 
     def on_epoch_begin(self, epoch, logs=None):
         ratio = float(self.schedule(epoch))
@@ -164,9 +179,19 @@ class SoftPruning(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._apply()
+        if self.verbose:
+            loss = (logs or {}).get("loss")
+            log.info(
+                "SoftPruning: epoch %d: ratio %.3f, %d of %d channels masked%s",
+                epoch + 1, self.ratio_now, self._n_masked, sum(g.size for g in self._chosen),
+                "" if loss is None else f", loss={float(loss):.5g}",
+            )
 
     def on_train_end(self, logs=None):
         self._apply()
+        if self._unguard is not None:
+            self._unguard()
+            self._unguard = None
 
     # -- public --------------------------------------------------------------------------
     def finalize(self, model: keras.Model | None = None) -> keras.Model:
@@ -200,7 +225,8 @@ class SoftPruning(keras.callbacks.Callback):
         self.selection = Selection.from_plan(plan, criterion=name, scores=self._order, cost=self._cost)
         self.ratio_now = ratio
         self._masks = [(v, keras.ops.convert_to_tensor(m)) for v, m in keep_masks(plan)]
-        log.info("SoftPruning: ratio %.3f, %d channels masked", ratio, sum(len(v) for v in removed.values()))
+        self._n_masked = sum(len(v) for v in removed.values())
+        log.debug("SoftPruning: ratio %.3f, %d channels masked", ratio, self._n_masked)
 
     def _sync(self) -> None:
         sync = getattr(self.model, "jax_state_sync", None)

@@ -32,6 +32,11 @@ def _split(graph: ChannelGraph, groups: list[Group], flat_values: np.ndarray, se
         off = int(graph.group_offsets[g.id])
         if seen[off : off + g.size].any():
             out[g.id] = flat_values[off : off + g.size].copy()
+        elif g.layers and all(not graph.records[k].calls for k in g.layers):  # parts: heads of an attention
+            out[g.id] = CriterionSkip(
+                f"its channels ({', '.join(g.layers)}) are internal to a layer and no tensor of the model "
+                "carries them; score them with a weight criterion (l1, l2, fpgm)"
+            )
         else:
             out[g.id] = CriterionSkip(reason)
     return out

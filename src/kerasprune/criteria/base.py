@@ -19,6 +19,7 @@ import numpy as np
 
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, Group, graph_for
+from kerasprune.replicas import mean_across_workers
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +75,27 @@ class ScoringContext:
         """
         out = []
         for key, s, chan in self.graph.slices(group):
-            rec = self.graph.records[key]
-            if s.along is not None or key not in group.layers or rec.produces is None:
-                continue
-            if not np.array_equal(s.atoms, rec.produces):
-                continue
-            w = self.weight(key, s.index)
-            if w.ndim >= 2:
-                out.append((key, np.moveaxis(w, s.axis, -1), chan))
+            if s.along is None and self._owns(key, s.atoms) and not self._is_bias(key, s.index):
+                out.append((key, np.moveaxis(self.weight(key, s.index), s.axis, -1), chan))
         return out
 
     def biases(self, group: Group) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """Producers' biases: `(layer key, bias, channel per filter)`."""
         out = []
         for key, s, chan in self.graph.slices(group):
-            rec = self.graph.records[key]
-            if key in group.layers and rec.produces is not None and np.array_equal(s.atoms, rec.produces):
-                w = self.weight(key, s.index)
-                if w.ndim == 1:
-                    out.append((key, w, chan))
+            if s.along is None and self._owns(key, s.atoms) and self._is_bias(key, s.index):
+                out.append((key, np.moveaxis(self.weight(key, s.index), s.axis, -1), chan))
         return out
+
+    def _owns(self, key: str, atoms: np.ndarray) -> bool:
+        """Whether every position of a weight axis is a channel the layer creates (filters, units, heads)."""
+        rec = self.graph.records[key]
+        own = [a for a in (rec.produces, *rec.parts.values()) if a is not None]
+        return bool(own) and bool(np.isin(atoms, np.concatenate(own)).all())
+
+    def _is_bias(self, key: str, index: int) -> bool:
+        w = self.graph.records[key].layer.weights[index]
+        return len(w.shape) == 1 or w.name == "bias"
 
 
 def gather(size: int, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -276,6 +278,8 @@ def score_groups(
             skipped[gid] = f"criterion '{crit.name}': {s.reason}"
         else:
             scores[gid] = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=0.0)
+    if crit.needs_data:  # each worker of a multi-worker job read its own shard: agree on the mean
+        scores = mean_across_workers(scores, graph.model)
     return scores, skipped
 
 

@@ -49,12 +49,14 @@ def _fpgm(w):
 
 
 def _zero(group, ctx):
-    parts = {key: [np.abs(_flat(w)).sum(axis=0), chan] for key, w, chan in ctx.kernels(group)}
+    # A filter's kernel slice and bias are summed (keyed by layer and channel layout).
+    parts = {(key, chan.tobytes()): [np.abs(_flat(w)).sum(axis=0), chan] for key, w, chan in ctx.kernels(group)}
     for key, b, chan in ctx.biases(group):
-        if key in parts:
-            parts[key][0] = parts[key][0] + np.abs(b)
+        b = np.abs(_flat(b)).sum(axis=0)
+        if (key, chan.tobytes()) in parts:
+            parts[key, chan.tobytes()][0] = parts[key, chan.tobytes()][0] + b
         else:
-            parts[key] = [np.abs(b).astype(np.float64), chan]
+            parts[key, chan.tobytes()] = [b, chan]
     return gather(group.size, [tuple(p) for p in parts.values()])
 
 

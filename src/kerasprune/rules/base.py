@@ -110,6 +110,9 @@ class NodeIO:
     outputs: list[np.ndarray | None] = field(default_factory=list)
     in_axes: list[int | None] = field(default_factory=list)
     out_axes: list[int | None] = field(default_factory=list)
+    #: Keep masks of the channels the layer owns besides its outputs (`g.produce(view, n,
+    #: part=name)`: a `MultiHeadAttention`'s heads), by part name.
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def channel_axis(data_format: str | None, rank: int) -> int:
@@ -144,6 +147,15 @@ class Rule:
     - `rebuild_config(layer, config, io)`: the config of the smaller layer,
       given the keep masks of its inputs and outputs (`NodeIO`). Default:
       unchanged (weightless or per-channel layers whose config holds no width).
+    - `rebuild_weights(layer, weights, io)`: the smaller layer's weights, given
+      the original's with the removed positions already deleted. Default:
+      unchanged. For layers whose computation depends on a width beyond the
+      sliced weights (attention's `1/sqrt(key_dim)` scale).
+    - `rebuild_call(op, args, kwargs, io)`: call the rebuilt layer or operation
+      on the smaller model's tensors and return its outputs. Default:
+      `op(*args, **kwargs)`. For `keras.ops` operations whose *call arguments*
+      hold channel counts or per-channel values (a slicing key, a constant
+      operand), which `rebuild_config` cannot reach.
     - `macs(layer, in_shapes, out_shapes)`: the multiply-accumulates of one
       call for one sample, as `[(weight variable, positions)]` (the call costs
       `sum(positions * variable.size)`). Default: none (normalizations,
@@ -165,6 +177,14 @@ class Rule:
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         """Return the config of the smaller layer. Default: unchanged."""
         return config
+
+    def rebuild_weights(self, layer, weights: list, io: NodeIO) -> list:
+        """Return the weights of the smaller layer (already sliced). Default: unchanged."""
+        return weights
+
+    def rebuild_call(self, op, args: tuple, kwargs: dict, io: NodeIO):
+        """The outputs of the rebuilt `op` on the smaller model's tensors. Default: `op(*args, **kwargs)`."""
+        return op(*args, **kwargs)
 
     def macs(self, layer, in_shapes: list[tuple], out_shapes: list[tuple]) -> list[tuple[Any, int]]:
         """`[(variable, positions)]`: the MACs of one call per sample. Default: none."""
