@@ -18,6 +18,10 @@ with `round_to` None / 8 / 16, all timed interleaved with the original; efficien
 = speed-up / MAC reduction. If aligned widths never run measurably faster per MAC
 on a runtime, `round_to` stays the user's choice there.
 
+`--breakdown` adds "why is it not faster": `kerasprune.latency_breakdown` of the
+same 50% L1 plan, summed by layer class (time before -> after, MACs kept, layers
+flagged), next to the whole models' times.
+
 Each (model, runtime, batch) runs in its own process (memory, native crashes).
 Results go to a scratch folder (`--out`, default /tmp/kerasprune-bench) unless
 `--update` writes benchmarks/results/latency_target.{json,md}.
@@ -25,7 +29,8 @@ Results go to a scratch folder (`--out`, default /tmp/kerasprune-bench) unless
 Usage:
     python benchmarks/latency_target.py                         # ResNet50 + MobileNetV2, 160 px, bs 1 and 16, keras + litert
     python benchmarks/latency_target.py --models MobileNetV2 --runtimes keras --batches 1
-    nice -n 0 python benchmarks/latency_target.py --size 224 --alignment --update   # quiet machine
+    python benchmarks/latency_target.py --models MobileNetV2 --runtimes keras --batches 16 --targets --breakdown
+    nice -n 0 python benchmarks/latency_target.py --size 224 --alignment --breakdown --update   # quiet machine
 """
 
 from __future__ import annotations
@@ -129,6 +134,32 @@ def alignment_rows(name, model, graph, rt, batch, args) -> list[dict]:
     return rows
 
 
+def breakdown_rows(name, model, graph, rt, batch, args) -> list[dict]:
+    import kerasprune as kp
+
+    sel = kp.select(model, "l1", ratio=0.5, graph=graph)
+    pruned = kp.remove_filters(model, sel, graph=graph)
+    t0 = time.perf_counter()
+    bd = kp.latency_breakdown(model, pruned, runtime=rt, batch_size=batch, runs=args.breakdown_runs)
+    took = time.perf_counter() - t0
+    by: dict[str, dict] = {}
+    for r in bd.rows:
+        e = by.setdefault(r.cls, {"layers": 0, "before_ms": 0.0, "after_ms": 0.0, "macs_before": 0, "macs_after": 0,
+                                  "flagged": 0, "flagged_keys": []})
+        e["layers"] += 1
+        e["before_ms"] += r.before_ms
+        e["after_ms"] += r.after_ms
+        e["macs_before"] += r.macs_before
+        e["macs_after"] += r.macs_after
+        e["flagged"] += int(r.flagged)
+        if r.flagged:
+            e["flagged_keys"].append(r.key)
+    common = {"model": name, "size": args.size, "batch": batch, "runtime": rt.name, "runs": args.breakdown_runs,
+              "whole_before_ms": bd.total_before_ms, "whole_after_ms": bd.total_after_ms,
+              "overhead_ms": bd.overhead_ms, "seconds": took, "rows": len(bd.rows)}
+    return [{**common, "cls": cls, **e} for cls, e in sorted(by.items(), key=lambda kv: -kv[1]["before_ms"])]
+
+
 def child(args) -> None:
     import logging
 
@@ -144,7 +175,7 @@ def child(args) -> None:
     sys.path.insert(0, str(HERE))
     from surgery import conditions
 
-    out = {"conditions": conditions(), "targets": [], "alignment": [], "errors": []}
+    out = {"conditions": conditions(), "targets": [], "alignment": [], "breakdown": [], "errors": []}
     path = Path(args.child_out)
 
     def flush():
@@ -171,6 +202,12 @@ def child(args) -> None:
             out["alignment"] = alignment_rows(name, model, graph, rt, batch, args)
         except Exception as e:
             out["errors"].append({"model": name, "runtime": runtime, "batch": batch, "alignment": True,
+                                  "error": f"{type(e).__name__}: {e}"[:600]})
+    if args.breakdown:
+        try:
+            out["breakdown"] = breakdown_rows(name, model, graph, rt, batch, args)
+        except Exception as e:
+            out["errors"].append({"model": name, "runtime": runtime, "batch": batch, "breakdown": True,
                                   "error": f"{type(e).__name__}: {e}"[:600]})
     flush()
 
@@ -203,7 +240,7 @@ def markdown(data: dict) -> str:
             f"- `{c['command']}`: {c['date']}, {c['cpu']}, {c['cpus']} cores (load average "
             f"{c['loadavg'][0]:.1f} at start), Keras {c['keras']}, TensorFlow {c['tensorflow']}."
         )
-    lines += [
+    lines += [] if not data.get("targets") else [
         "",
         "| model | size | batch | runtime | threads | statistic | T | round_to | original | pruned | achieved "
         "| predicted | tables | additive | verify (median / min) | within 10% (achieved / verify) | MACs kept "
@@ -236,13 +273,40 @@ def markdown(data: dict) -> str:
                 f"| {r['mac_reduction']:.2f}x | {r['original_ms']:.1f} ms | {r['pruned_ms']:.1f} ms "
                 f"| {r['speedup']:.2f}x | {r['efficiency']:.2f} |"
             )
+    if data.get("breakdown"):
+        lines += [
+            "",
+            "## Why is it not faster (`latency_breakdown`, 50% of every group by L1, by layer class)",
+            "",
+            "Layers with weights timed alone (dispatch overhead removed), summed per class; *flagged*: layers "
+            "whose time fell less than 1.5x their MACs (and >= 1% of the layer time).",
+            "",
+            "| model | size | batch | runtime | whole model | class | layers | time before -> after | share of layer time "
+            "| time kept | MACs kept | flagged |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        totals: dict = {}
+        for r in data["breakdown"]:
+            k = (r["model"], r["size"], r["batch"], r["runtime"])
+            totals[k] = totals.get(k, 0.0) + r["before_ms"]
+        for r in data["breakdown"]:
+            k = (r["model"], r["size"], r["batch"], r["runtime"])
+            macs = f"{r['macs_after'] / r['macs_before']:.2f}" if r["macs_before"] else "-"
+            kept = r["after_ms"] / r["before_ms"] if r["before_ms"] > 0 else float("nan")
+            lines.append(
+                f"| {r['model']} | {r['size']} | {r['batch']} | {r['runtime']} "
+                f"| {r['whole_before_ms']:.1f} -> {r['whole_after_ms']:.1f} ms | {r['cls']} | {r['layers']} "
+                f"| {r['before_ms']:.1f} -> {r['after_ms']:.1f} ms | {r['before_ms'] / max(totals[k], 1e-9):.0%} "
+                f"| {kept:.2f} | {macs} | {r['flagged']} |"
+            )
     for e in data.get("errors", []):
         lines.append(f"- error: {e}")
     return "\n".join(lines) + "\n"
 
 
 def _key(r: dict) -> tuple:
-    return (r["model"], r["size"], r["batch"], r["runtime"], r.get("target"), r.get("round_to"), r.get("statistic"))
+    return (r["model"], r["size"], r["batch"], r["runtime"], r.get("target"), r.get("round_to"), r.get("statistic"),
+            r.get("cls"))
 
 
 def main() -> None:
@@ -257,6 +321,8 @@ def main() -> None:
     ap.add_argument("--statistic", choices=["median", "min"], default="median",
                     help="what the search compares: median per-round ratios, or the fastest runs")
     ap.add_argument("--alignment", action="store_true", help="also time round_to None/8/16 at 50%% removal")
+    ap.add_argument("--breakdown", action="store_true", help="also the per-layer breakdown of the 50%% L1 plan")
+    ap.add_argument("--breakdown-runs", type=int, default=10, help="timed batches per layer model")
     ap.add_argument("--cache", help="folder for latency tables (reruns reuse them)")
     ap.add_argument("--update", action="store_true", help="write benchmarks/results/latency_target.{json,md}")
     ap.add_argument("--out", default="/tmp/kerasprune-bench", help="scratch folder without --update")
@@ -272,6 +338,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "latency_target.json"
     data = json.loads(path.read_text()) if path.exists() else {"runs": [], "targets": [], "alignment": [], "errors": []}
+    data.setdefault("breakdown", [])
     command = " ".join(["python", "benchmarks/latency_target.py"] + sys.argv[1:])
     for name in args.models:
         for runtime in args.runtimes:
@@ -291,7 +358,7 @@ def main() -> None:
                     continue
                 finally:
                     Path(tmp).unlink(missing_ok=True)
-                for kind in ("targets", "alignment"):
+                for kind in ("targets", "alignment", "breakdown"):
                     new = {_key(r) for r in part[kind]}
                     data[kind] = [r for r in data[kind] if _key(r) not in new] + part[kind]
                 data["errors"] = [e for e in data["errors"] if (e["model"], e["runtime"], e["batch"]) != (name, runtime, batch)]

@@ -6,11 +6,12 @@ and measures it next to the original (interleaved), then searches again while
 the measured fraction is off by more than `tolerance`, now from the
 measurements: the MAC fraction where the measured latency fraction reaches the
 target (`_next_macs`: interpolated between measured plans on either side of
-it, extrapolated by a secant before that) becomes a MAC target for the same
-planner. Latency on one runtime is close to affine in MACs along the planner's
-path, so this converges in a step or two whatever the tables got wrong. The plan returned is the measured one closest to the target among
-those measured faster than the original; when none is, nothing is removed (and
-a warning says so).
+it, else extended along the chord from the original through the cheapest
+measured plan) becomes a MAC target for the same planner. Latency on one
+runtime is close to affine in MACs along the planner's path, so this converges
+in a step or two whatever the tables got wrong. The plan returned is the
+measured one closest to the target among those measured faster than the
+original; when none is, nothing is removed (and a warning says so).
 """
 
 from __future__ import annotations
