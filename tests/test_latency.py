@@ -334,6 +334,32 @@ def test_latency_breakdown_has_a_row_per_layer_with_weights():
     assert "whole model" in console.export_text()
 
 
+@dataclass(frozen=True)
+class CopyRuntime(MacRuntime):
+    """`MacRuntime` plus a cost per input element (the data moved in and out of a call)."""
+
+    per_value: float = 1e-3
+
+    def measure(self, models, *, batch_size, warmup, runs, seed=0, prepared=None):
+        out = super().measure(models, batch_size=batch_size, warmup=warmup, runs=runs)
+        for i, m in enumerate(models):
+            ms = out[i].median_ms + self.per_value * batch_size * int(np.prod(m.inputs[0].shape[1:]))
+            out[i] = LatencyResult(ms, ms, ms, batch_size, runs, warmup, "fake", "fake", times_ms=(ms,) * runs)
+        return out
+
+
+def test_breakdown_subtracts_each_models_own_overhead():
+    # A pruned layer reads a narrower input: its dispatch overhead is smaller than the original's.
+    model = _small()
+    pruned = kp.remove_filters(model, {"c0": list(range(8)), "c3": list(range(16))})
+    bd = kp.latency_breakdown(model, pruned, runtime=CopyRuntime(per_mac=1e-4), batch_size=2, runs=1)
+    rows = {r.key: r for r in bd.rows}
+    assert rows["bn0"].before_ms == 0 and rows["bn0"].after_ms == 0  # no MACs: all of its time is overhead
+    for key in ("c3", "head"):  # MAC-linear compute: the time falls exactly with the MACs
+        assert rows[key].time_ratio == pytest.approx(rows[key].work_ratio)
+        assert not rows[key].flagged
+
+
 def test_compare_with_breakdown():
     model = _net(channels=8, size=8)
     pruned = kp.remove_filters(model, {"c0": [0, 1, 2, 3]})

@@ -183,7 +183,12 @@ def latency_breakdown(
     keys = [k for k in before if k in after]
     if not keys:
         raise PruningError(f"No layer of model '{original.name}' is found in model '{pruned.name}'")
-    shapes = {tuple(before[k][0].inputs[0].shape[1:]) for k in keys}
+    def shape_of(m):
+        return tuple(m.inputs[0].shape[1:])
+
+    # Each model's overhead is an identity model's on its own input shape: a pruned layer's
+    # input is narrower, so it moves less data in and out than the original's.
+    shapes = {shape_of(m) for k in keys for m in (before[k][0], after[k][0])}
     probes = {}
     for shape in shapes:
         i = keras.Input(shape)
@@ -196,14 +201,12 @@ def latency_breakdown(
     overhead_of = {shape: ms[2 + j] for j, shape in enumerate(probes)}
     rows = []
     base = 2 + len(probes)
-    layer_total = sum(max(ms[base + 2 * j] - overhead_of[tuple(before[k][0].inputs[0].shape[1:])], 0.0)
-                      for j, k in enumerate(keys))
+    layer_total = sum(max(ms[base + 2 * j] - overhead_of[shape_of(before[k][0])], 0.0) for j, k in enumerate(keys))
     for j, k in enumerate(keys):
         mb, cls, macs_b, size_b = before[k]
-        _, _, macs_a, size_a = after[k]
-        over = overhead_of[tuple(mb.inputs[0].shape[1:])]
-        tb = max(ms[base + 2 * j] - over, 0.0)
-        ta = max(ms[base + 2 * j + 1] - over, 0.0)
+        ma, _, macs_a, size_a = after[k]
+        tb = max(ms[base + 2 * j] - overhead_of[shape_of(mb)], 0.0)
+        ta = max(ms[base + 2 * j + 1] - overhead_of[shape_of(ma)], 0.0)
         work = macs_a / macs_b if macs_b else (size_a / size_b if size_b else 1.0)
         ratio = _div(ta, tb)
         ratio = ratio if math.isfinite(ratio) else 1.0
