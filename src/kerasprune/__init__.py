@@ -6,7 +6,8 @@ Core:
     mask_filters(model, selection) -> None            in place, exact zeroing
 Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
 Workflow:    sensitivity, prune_and_finetune, SoftPruning
-Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
+Files:       load_model (safe_mode), save_model (atomic); reports: compare
+Latency:     measure_latency, latency_breakdown, get_runtime, build_latency_model; select(target_latency=)
 Deploy:      fold_batchnorm (BatchNorm and other affine layers into convs); kerasprune.export
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 
@@ -34,7 +35,10 @@ _EXPORTS = {
     "Elementwise": "rules",
     "FinetuneHistory": "finetune",
     "Group": "graph",
-    "LatencyResult": "report",
+    "LatencyBreakdown": "breakdown",
+    "LatencyModel": "latency_model",
+    "LatencyResult": "latency",
+    "Runtime": "runtimes",
     "ModelLoadError": "errors",
     "ModelSaveError": "errors",
     "Plan": "plan",
@@ -47,15 +51,18 @@ _EXPORTS = {
     "SoftPruning": "soft",
     "UnsupportedLayerError": "errors",
     "analyze": "graph",
+    "build_latency_model": "latency_model",
     "compare": "report",
     "count_flops": "flops",
     "count_params": "flops",
     "flops_by_layer": "flops",
     "fold_batchnorm": "deploy",
+    "get_runtime": "runtimes",
+    "latency_breakdown": "breakdown",
     "load_model": "io",
     "make_plan": "plan",
     "mask_filters": "masking",
-    "measure_latency": "report",
+    "measure_latency": "latency",
     "prune_and_finetune": "finetune",
     "register_rule": "rules",
     "remove_filters": "surgery",
@@ -74,6 +81,8 @@ __all__ = [
     "Elementwise",
     "FinetuneHistory",
     "Group",
+    "LatencyBreakdown",
+    "LatencyModel",
     "LatencyResult",
     "ModelLoadError",
     "ModelSaveError",
@@ -81,18 +90,22 @@ __all__ = [
     "PolynomialSchedule",
     "PruningError",
     "Rule",
+    "Runtime",
     "Selection",
     "SelectionError",
     "SensitivityResult",
     "SoftPruning",
     "UnsupportedLayerError",
     "analyze",
+    "build_latency_model",
     "compare",
     "count_flops",
     "count_params",
     "criteria",
     "flops_by_layer",
     "fold_batchnorm",
+    "get_runtime",
+    "latency_breakdown",
     "load_model",
     "make_plan",
     "mask_filters",
@@ -144,6 +157,7 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what the names are, for type checkers and readers
     from kerasprune import criteria
     from kerasprune.allocation import select
+    from kerasprune.breakdown import LatencyBreakdown, latency_breakdown
     from kerasprune.criteria import score
     from kerasprune.deploy import fold_batchnorm
     from kerasprune.errors import (
@@ -157,9 +171,11 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers
     from kerasprune.flops import count_flops, count_params, flops_by_layer
     from kerasprune.graph import ChannelGraph, Group, analyze
     from kerasprune.io import load_model, save_model
+    from kerasprune.latency import LatencyResult, measure_latency
+    from kerasprune.latency_model import LatencyModel, build_latency_model
     from kerasprune.masking import mask_filters
     from kerasprune.plan import Plan, make_plan
-    from kerasprune.report import Comparison, LatencyResult, compare, measure_latency
+    from kerasprune.report import Comparison, compare
     from kerasprune.rules import (
         ChannelParams,
         CouplerRule,
@@ -168,6 +184,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers
         register_rule,
         unregister_rule,
     )
+    from kerasprune.runtimes import Runtime, get_runtime
     from kerasprune.selection import Selection
     from kerasprune.sensitivity import SensitivityResult, sensitivity
     from kerasprune.soft import PolynomialSchedule, SoftPruning

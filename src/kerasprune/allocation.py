@@ -17,6 +17,7 @@ import logging
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -81,11 +82,16 @@ def _matches(key: str, patterns) -> str | None:
 
 
 def _check_options(
-    criterion, ratio, count, threshold, scope, target_flops, target_params, round_to, min_keep
+    criterion, ratio, count, threshold, scope, target_flops, target_params, round_to, min_keep,
+    target_latency=None,
 ):
     modes = {k: v for k, v in dict(ratio=ratio, count=count, threshold=threshold).items() if v is not None}
     targets = {
-        k: v for k, v in dict(target_flops=target_flops, target_params=target_params).items() if v is not None
+        k: v
+        for k, v in dict(
+            target_flops=target_flops, target_params=target_params, target_latency=target_latency
+        ).items()
+        if v is not None
     }
     if len(modes) + (1 if targets else 0) > 1:
         raise PruningError(
@@ -110,7 +116,8 @@ def _check_options(
         if get_criterion(criterion).name == "zero":
             return {"threshold": float(np.finfo(np.float64).tiny)}, targets
         raise PruningError(
-            "Say how much to remove: ratio=, count=, threshold=, target_flops= or target_params="
+            "Say how much to remove: ratio=, count=, threshold=, target_flops=, target_params= "
+            "or target_latency="
         )
     return modes, targets
 
@@ -135,6 +142,11 @@ def select(
     batch_size: int = 32,
     graph: ChannelGraph | None = None,
     channelwise=(),
+    # -- latency target (issue 14) --
+    target_latency: float | None = None,
+    runtime="keras",
+    latency_batch_size: int = 1,
+    latency_options: Mapping | None = None,
 ) -> Selection:
     """Choose filters to remove, group by group, from importance scores.
 
@@ -167,6 +179,18 @@ def select(
         graph: A `ChannelGraph` of `model` to reuse.
         channelwise: Layer names to treat as element-wise (as in `analyze`), when
             `graph` is not given.
+        target_latency: Fraction of the original latency to keep on `runtime`
+            at `latency_batch_size`, in (0, 1]: chosen from measured per-group
+            latency tables, then the rebuilt model is measured next to the
+            original (see `kerasprune.latency_search` and docs/latency.md).
+            Never returns a plan measured slower than the original.
+        runtime: Where latency is measured: `"keras"` (`predict_on_batch` on the
+            active backend), `"litert"`, `"onnx"` (TensorFlow backend), or a
+            `kerasprune.runtimes.Runtime` (e.g. with a `transform`).
+        latency_batch_size: Batch size of the latency measurements.
+        latency_options: Options of `kerasprune.latency_search.search` (`widths`,
+            `runs`, `warmup`, `subgraphs`, `cache_dir`, `tolerance`, `max_refine`,
+            `measure_runs`, `statistic`).
 
     Returns:
         A `Selection` (mapping layer name -> indices) carrying its `Plan`, with a
@@ -184,7 +208,8 @@ def select(
         >>> smaller = kerasprune.remove_filters(model, sel)
     """
     modes, targets = _check_options(
-        criterion, ratio, count, threshold, scope, target_flops, target_params, round_to, min_keep
+        criterion, ratio, count, threshold, scope, target_flops, target_params, round_to, min_keep,
+        target_latency,
     )
     crit = get_criterion(criterion)
     graph = graph_for(model, graph, channelwise=channelwise)
@@ -218,7 +243,16 @@ def select(
     cost = CostModel(graph)
     if "target_flops" in targets and cost.flops_unknown:
         raise PruningError(f"target_flops needs the model's MACs: {cost.flops_unknown}")
-    if targets:
+    latency = None  # -- latency target (issue 14): kerasprune.latency_search.search --
+    if target_latency is not None:
+        from kerasprune.latency_search import search
+
+        latency = search(
+            model, graph, planner, cost, targets, target=target_latency, runtime=runtime,
+            batch_size=latency_batch_size, options=latency_options,
+        )
+        n_remove = latency.n_remove
+    elif targets:
         n_remove = planner.for_targets(cost, targets)
     elif "threshold" in modes:
         n_remove = planner.below(modes["threshold"], normalized=scope == "global")
@@ -262,6 +296,7 @@ def select(
         warnings=warnings,
         groups=[g.id for g in eligible],
         cost=cost,
+        latency=None if latency is None else latency.fields(),  # -- latency target (issue 14) --
     )
     for w in sel.warnings:
         log.warning("kerasprune.select: %s", w)
@@ -353,11 +388,15 @@ class _Planner:
             out[int(self.graph.group_offsets[gid]) + chans] = True
         return out
 
-    def for_targets(self, cost: CostModel, targets: dict[str, float]) -> dict[int, int]:
+    def for_targets(self, cost: CostModel, targets: dict[str, float], check=None) -> dict[int, int]:
+        """Fewest globally ranked removals meeting the targets; `check(flat) -> bool` is an extra
+        constraint (the latency target's predictor, issue 14)."""
+
         def ok(k: int) -> bool:
             flat = self.flat(self.removal(self.lowest(k)))
             f = "target_flops" not in targets or cost.flops(flat) <= targets["target_flops"] * cost.flops_before
-            return f and cost.params(flat) <= targets.get("target_params", 1) * cost.params_before
+            f = f and cost.params(flat) <= targets.get("target_params", 1) * cost.params_before
+            return f and (check is None or check(flat))
 
         if not ok(self.total):
             flat = self.flat(self.removal(self.lowest(self.total)))

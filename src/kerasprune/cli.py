@@ -145,6 +145,9 @@ def prune(
     exclude: Annotated[list[str] | None, typer.Option(metavar="REGEX", help="Never prune these layers (name or regex).")] = None,
     target_flops: Annotated[float | None, typer.Option(help="Fraction of the MACs to keep, e.g. 0.5.")] = None,
     target_params: Annotated[float | None, typer.Option(help="Fraction of the parameters to keep.")] = None,
+    target_latency: Annotated[float | None, typer.Option(help="Fraction of the latency to keep on --runtime, measured (docs/latency.md).")] = None,
+    runtime: Annotated[str, typer.Option(metavar="keras|litert|onnx", rich_help_panel=MEASURE, help="Runtime for latency: the target and the report.")] = "keras",
+    latency_batch_size: Annotated[int, typer.Option(metavar="N", rich_help_panel=MEASURE, help="Batch size for latency: the target and the report.")] = 1,
     selection: Annotated[Path | None, typer.Option("--selection", metavar="FILE", help="Apply a saved selection (JSON from --save-selection).")] = None,
     save_selection: Annotated[Path | None, typer.Option("--save-selection", metavar="FILE", rich_help_panel=OUTPUT, help="Write the selection as JSON.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", hidden=True)] = None,
@@ -178,6 +181,7 @@ def prune(
     how = pruning.How(
         layers=tuple(layer or ()), filters=tuple(filters or ()), criterion=criterion, ratio=ratio, count=count,
         threshold=threshold, target_flops=target_flops, target_params=target_params, global_=global_,
+        target_latency=target_latency, runtime=runtime, latency_batch_size=latency_batch_size,
         round_to=round_to, min_keep=min_keep, include=tuple(include or ()), exclude=tuple(exclude or ()),
         selection_file=selection or plan, loss=loss, batch_size=batch_size,
     )  # fmt: skip
@@ -229,7 +233,10 @@ def prune(
         with step(f"Writing {output}"):
             save_model(result, output, overwrite=force, source=model)
         with step("Measuring params, MACs" + (" and latency" if runs else "")):
-            comparison = compare(m, result, data=xy, latency=runs > 0, runs=max(runs, 1), before_path=model, after_path=output)
+            comparison = compare(
+                m, result, data=xy, latency=runs > 0, runs=max(runs, 1), before_path=model, after_path=output,
+                runtime=runtime, batch_size=latency_batch_size,
+            )  # fmt: skip
     if check is not None:
         render.print_verification(check)
     render.print_comparison(comparison, f"{'Masked' if mask else 'Pruned'} model written to {output}")
@@ -345,6 +352,8 @@ def report_cmd(
     plots: Plots = None,
     runs: Runs = 20,
     batch_size: Annotated[int, typer.Option(metavar="N", rich_help_panel=MEASURE, help="Batch size for the latency measurement.")] = 1,
+    runtime: Annotated[str, typer.Option(metavar="keras|litert|onnx", rich_help_panel=MEASURE, help="Runtime to time the models on.")] = "keras",
+    breakdown: Annotated[bool, typer.Option("--breakdown", rich_help_panel=MEASURE, help="Time every layer alone; flag layers not faster with their MACs.")] = False,
     force: Force = False,
     imports: Imports = None,
     channelwise: Channelwise = None,
@@ -369,13 +378,15 @@ def report_cmd(
         with step("Measuring"):
             comparison = compare(
                 a, b, data=xy, latency=runs > 0, runs=max(runs, 1), batch_size=batch_size,
-                before_path=before, after_path=after,
+                before_path=before, after_path=after, runtime=runtime, breakdown=breakdown,
             )  # fmt: skip
     if to_stdout:
         out().print_json(json.dumps(comparison.to_dict()))
         return
     render.print_comparison(comparison, f"{before} vs {after}")
     render.print_changes(a, b)
+    if comparison.breakdown is not None:
+        render.print_breakdown(comparison.breakdown)
     if plots is not None:
         from kerasprune.plots import plot_pruning
 

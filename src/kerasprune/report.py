@@ -2,16 +2,15 @@
 
 `compare(before, after)` measures two models the same way and returns a frozen
 `Comparison` that renders as a table (`.table()`) and as JSON (`.to_dict()`).
-`measure_latency` times the compiled predict path of the active backend: the
-median of `runs` timed batches after `warmup` untimed ones.
+Latency is measured by `kerasprune.latency` (re-exported here: `measure_latency`,
+`LatencyResult`) on a runtime of `kerasprune.runtimes`; with `breakdown=True`
+the comparison also holds a per-layer `LatencyBreakdown`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,118 +19,21 @@ import keras
 import numpy as np
 
 from kerasprune._keras import weights_of
+from kerasprune.breakdown import LatencyBreakdown, latency_breakdown
 from kerasprune.data import labelled, load_arrays
-from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params, flops_by_layer, iter_calls
+from kerasprune.latency import (  # noqa: F401  (re-exported: kerasprune.report.measure_latency)
+    LatencyResult,
+    _check_timing,
+    _random_batch,
+    _time_models,
+    measure_latency,
+)
+from kerasprune.runtimes import Runtime
 
 log = logging.getLogger(__name__)
 
 DataLike = Any  # any labelled form of kerasprune.data.batches: (x, y), an .npz path, batches, a dataset
-
-
-@dataclass(frozen=True)
-class LatencyResult:
-    """Timing of one model's forward pass.
-
-    Attributes:
-        median_ms: Median wall time of one batch, in milliseconds.
-        min_ms: Fastest batch.
-        max_ms: Slowest batch.
-        batch_size: Samples per batch.
-        runs: Number of timed batches.
-        warmup: Untimed batches run first (tracing, compilation, caches).
-        backend: The Keras backend that ran the model.
-    """
-
-    median_ms: float
-    min_ms: float
-    max_ms: float
-    batch_size: int
-    runs: int
-    warmup: int
-    backend: str
-
-    @property
-    def per_sample_ms(self) -> float:
-        return self.median_ms / self.batch_size
-
-
-def _random_batch(model, batch_size: int, seed: int):
-    rng = np.random.default_rng(seed)
-    xs = []
-    for t in model.inputs:
-        shape = [batch_size] + [8 if d is None else int(d) for d in t.shape[1:]]
-        if "int" in str(t.dtype):
-            xs.append(rng.integers(0, 10, shape).astype(t.dtype))
-        else:
-            xs.append(rng.normal(size=shape).astype("float32"))
-    return xs[0] if len(xs) == 1 else xs
-
-
-def measure_latency(
-    model: keras.Model,
-    *,
-    batch_size: int = 1,
-    warmup: int = 3,
-    runs: int = 20,
-    x: Any = None,
-    seed: int = 0,
-) -> LatencyResult:
-    """Median latency of `model.predict_on_batch` on the active backend.
-
-    Args:
-        model: The model to time.
-        batch_size: Samples per batch (ignored when `x` is given).
-        warmup: Untimed batches run first.
-        runs: Timed batches; the median is reported.
-        x: Input batch to use instead of random data of the model's input shape.
-        seed: Seed of the random input.
-
-    Returns:
-        A `LatencyResult`.
-
-    Raises:
-        PruningError: `batch_size`, `runs` or `warmup` out of range.
-    """
-    _check_timing(batch_size, runs, warmup)
-    if x is None:
-        x = _random_batch(model, batch_size, seed)
-    else:
-        batch_size = int(len(x[0] if isinstance(x, (list, tuple)) else x))
-    return _time_models([model], [x], batch_size=batch_size, warmup=warmup, runs=runs)[0]
-
-
-def _check_timing(batch_size: int, runs: int, warmup: int) -> None:
-    if batch_size < 1 or runs < 1 or warmup < 0:
-        raise PruningError(
-            f"Latency measurement needs batch_size >= 1, runs >= 1, warmup >= 0. "
-            f"Received: batch_size={batch_size}, runs={runs}, warmup={warmup}"
-        )
-
-
-def _time_models(models: list, xs: list, *, batch_size: int, warmup: int, runs: int) -> list[LatencyResult]:
-    """Time several models with interleaved runs, so machine load drifts hit all alike."""
-    for model, x in zip(models, xs):
-        for _ in range(warmup):
-            model.predict_on_batch(x)
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(runs):
-        for model, x, t in zip(models, xs, times):
-            t0 = time.perf_counter()
-            model.predict_on_batch(x)
-            t.append((time.perf_counter() - t0) * 1000.0)
-    return [
-        LatencyResult(
-            median_ms=float(statistics.median(t)),
-            min_ms=float(min(t)),
-            max_ms=float(max(t)),
-            batch_size=batch_size,
-            runs=runs,
-            warmup=warmup,
-            backend=keras.backend.backend(),
-        )
-        for t in times
-    ]
 
 
 def load_data(data: DataLike, *, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
@@ -278,10 +180,16 @@ def _bytes(n: int | None) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two models measured the same way (`compare`)."""
+    """Two models measured the same way (`compare`).
+
+    Attributes:
+        before, after: The two models' `ModelStats`.
+        breakdown: Per-layer latency of both (`compare(..., breakdown=True)`), or None.
+    """
 
     before: ModelStats
     after: ModelStats
+    breakdown: LatencyBreakdown | None = None
 
     @property
     def params_ratio(self) -> float | None:
@@ -317,7 +225,8 @@ class Comparison:
                 label = "file size (only one file holds optimizer state)"
             rows.append((label, _bytes(b.file_size), _bytes(a.file_size), change(_ratio(b.file_size, a.file_size))))
         if b.latency is not None and a.latency is not None:
-            label = f"latency (batch {b.latency.batch_size}, median)"
+            where = "" if b.latency.runtime == "keras" else f"{b.latency.runtime}, "
+            label = f"latency ({where}batch {b.latency.batch_size}, median)"
             rows.append(
                 (label, f"{b.latency.median_ms:.2f} ms", f"{a.latency.median_ms:.2f} ms", _speed(self.speedup))
             )
@@ -350,6 +259,7 @@ class Comparison:
             "flops_ratio": self.flops_ratio,
             "speedup": self.speedup,
             "backend": keras.backend.backend(),
+            "breakdown": None if self.breakdown is None else self.breakdown.to_dict(),
         }
 
 
@@ -364,6 +274,8 @@ def compare(
     warmup: int = 3,
     before_path: str | os.PathLike | None = None,
     after_path: str | os.PathLike | None = None,
+    runtime: str | Runtime = "keras",
+    breakdown: bool = False,
 ) -> Comparison:
     """Measure two models the same way: params, MACs, file size, latency, accuracy.
 
@@ -376,6 +288,11 @@ def compare(
         latency: Measure latency (median of `runs` batches of `batch_size`).
         before_path, after_path: Files the models live in (for file sizes)
             when models rather than paths are given.
+        runtime: Where latency is measured: `"keras"` (`predict_on_batch`),
+            `"litert"`, `"onnx"` or a `kerasprune.runtimes.Runtime`.
+        breakdown: Also time every layer with weights alone, before and after
+            (`kerasprune.latency_breakdown`), flagging layers whose time did not
+            fall with their MACs.
 
     Returns:
         A frozen `Comparison`.
@@ -397,11 +314,16 @@ def compare(
     if latency:
         _check_timing(batch_size, runs, warmup)
         xs = [_random_batch(m, batch_size, 0) for m in models]
-        timed = _time_models(models, xs, batch_size=batch_size, warmup=warmup, runs=runs)
+        timed = _time_models(models, xs, batch_size=batch_size, warmup=warmup, runs=runs, runtime=runtime)
         stats = [replace(s, latency=t) for s, t in zip(stats, timed)]
+    per_layer = None
+    if breakdown:
+        per_layer = latency_breakdown(
+            models[0], models[1], runtime=runtime, batch_size=batch_size, warmup=min(warmup, 2), runs=min(runs, 10)
+        )
     if stats[0].name == stats[1].name:
         stats = [replace(stats[0], name="before"), replace(stats[1], name="after")]
-    return Comparison(stats[0], stats[1])
+    return Comparison(stats[0], stats[1], per_layer)
 
 
 def channel_counts(model: keras.Model) -> dict[str, int]:

@@ -80,6 +80,11 @@ class Selection(Mapping):
         warnings: Where an option overrode the request (`min_keep`, `round_to`),
             or a target was missed; also logged.
         measured: Kept for files written by older versions (always False now).
+        runtime, latency_batch_size, latency_before_ms, latency_predicted_ms,
+            latency_after_ms, runtime_info: with `target_latency`, the runtime
+            and batch measured, the original's and the pruned model's measured
+            latency (ms, timed interleaved in one run), the planner's prediction,
+            and the runtime's threads, versions and timing statistic; None otherwise.
     """
 
     def __init__(
@@ -96,6 +101,13 @@ class Selection(Mapping):
         warnings: Sequence[str] = (),
         measured: bool = False,
         plan: Plan | None = None,
+        # -- latency target (issue 14) --
+        runtime: str | None = None,
+        latency_batch_size: int | None = None,
+        latency_before_ms: float | None = None,
+        latency_predicted_ms: float | None = None,
+        latency_after_ms: float | None = None,
+        runtime_info: Mapping | None = None,
     ):
         self.__dict__["_filters"] = MappingProxyType(
             {str(k): tuple(sorted(int(i) for i in v)) for k, v in filters.items()}
@@ -111,6 +123,13 @@ class Selection(Mapping):
             warnings=tuple(str(w) for w in warnings),
             measured=measured,
             _plan=plan,
+            # -- latency target (issue 14) --
+            runtime=runtime,
+            latency_batch_size=latency_batch_size,
+            latency_before_ms=latency_before_ms,
+            latency_predicted_ms=latency_predicted_ms,
+            latency_after_ms=latency_after_ms,
+            runtime_info=None if runtime_info is None else MappingProxyType(dict(runtime_info)),
         )
 
     @classmethod
@@ -124,6 +143,7 @@ class Selection(Mapping):
         warnings: Sequence[str] = (),
         groups: Sequence[int] | None = None,
         cost=None,
+        latency: Mapping | None = None,
     ) -> Selection:
         """The selection of a plan, with its groups and its MACs/params before -> after.
 
@@ -135,6 +155,8 @@ class Selection(Mapping):
             warnings: Overrides and missed targets to record.
             groups: Group ids to list (default: those the plan touches, and scored ones).
             cost: A `kerasprune.flops.CostModel` of `plan.graph` to reuse.
+            latency: The latency fields (`runtime`, `latency_before_ms`, ...) of a
+                latency-targeted selection (issue 14).
         """
         from kerasprune.flops import CostModel
 
@@ -167,6 +189,7 @@ class Selection(Mapping):
             params_after=cost.params(flat),
             warnings=warnings,
             plan=plan,
+            **dict(latency or {}),
         )
 
     def plan_for(self, model) -> Plan | None:
@@ -203,6 +226,13 @@ class Selection(Mapping):
             return None
         return self.params_after / self.params_before
 
+    @property
+    def latency_ratio(self) -> float | None:
+        """Measured `latency_after_ms / latency_before_ms` (None without a latency target)."""
+        if not self.latency_before_ms or self.latency_after_ms is None:
+            return None
+        return self.latency_after_ms / self.latency_before_ms
+
     # -- display ---------------------------------------------------------------------
     def table(self) -> str:
         """A text table: group, layers, channels before -> after, score range; costs; warnings."""
@@ -225,6 +255,14 @@ class Selection(Mapping):
         ):
             if before and after is not None:
                 lines.append(f"{k}: {before:,} -> {after:,} ({after / before:.1%})")
+        if self.latency_ratio is not None:  # -- latency target (issue 14) --
+            pred = self.latency_predicted_ms
+            lines.append(
+                f"latency ({self.runtime}, batch {self.latency_batch_size}): {self.latency_before_ms:.2f} -> "
+                f"{self.latency_after_ms:.2f} ms ({self.latency_ratio:.1%}, measured"
+                + ("" if pred is None else f"; predicted {pred:.2f} ms, {pred / self.latency_before_ms:.1%}")
+                + ")"
+            )
         for s in self.skipped:
             lines.append(f"skipped group {s.group} [{', '.join(s.layers[:2])}]: {s.reason}")
         for w in self.warnings:
@@ -249,6 +287,9 @@ class Selection(Mapping):
             "params_after": self.params_after,
             "warnings": list(self.warnings),
         }
+        if self.runtime is not None:  # -- latency target (issue 14) --
+            doc.update({k: getattr(self, k) for k in _LATENCY_FIELDS})
+            doc["runtime_info"] = None if self.runtime_info is None else dict(self.runtime_info)
         return json.dumps(doc, indent=1)
 
     @classmethod
@@ -290,6 +331,7 @@ class Selection(Mapping):
         except (KeyError, TypeError, ValueError) as e:
             raise SelectionError(f"Malformed 'groups'/'skipped' entry in selection JSON: {e!r}") from None
         crit = doc.get("criterion")
+        latency = _latency_fields(doc)  # -- latency target (issue 14) --
         return cls(
             filters,
             criterion=None if crit is None else str(crit),
@@ -301,6 +343,7 @@ class Selection(Mapping):
             params_after=doc.get("params_after"),
             warnings=[str(w) for w in doc.get("warnings", []) if isinstance(w, str)],
             measured=bool(doc.get("measured", False)),
+            **latency,
         )
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -326,6 +369,33 @@ class Selection(Mapping):
         except OSError as e:
             raise SelectionError(f"Cannot read selection file '{path}': {e}") from None
         return cls.from_json(text)
+
+
+# -- latency target (issue 14) --
+_LATENCY_FIELDS = (
+    "runtime", "latency_batch_size", "latency_before_ms", "latency_predicted_ms", "latency_after_ms"
+)
+
+
+def _latency_fields(doc: dict) -> dict:
+    """The optional latency fields of a selection document (absent in older files)."""
+    out = {}
+    for name in _LATENCY_FIELDS:
+        v = doc.get(name)
+        ok = (
+            v is None
+            or (name == "runtime" and isinstance(v, str))
+            or (name == "latency_batch_size" and _is_index(v) and v >= 1)
+            or (name.endswith("_ms") and isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0)
+        )
+        if not ok:
+            raise SelectionError(f"'{name}' in selection JSON has an invalid value: {v!r}"[:300])
+        out[name] = v
+    info = doc.get("runtime_info")
+    if info is not None and not isinstance(info, dict):
+        raise SelectionError(f"'runtime_info' in selection JSON must be an object. Received: {info!r}"[:300])
+    out["runtime_info"] = info
+    return out
 
 
 def _is_index(v) -> bool:

@@ -29,6 +29,9 @@ class How:
     threshold: float | None = None
     target_flops: float | None = None
     target_params: float | None = None
+    target_latency: float | None = None
+    runtime: str = "keras"
+    latency_batch_size: int = 1
     global_: bool = False
     round_to: int | None = None
     min_keep: int = 1
@@ -42,8 +45,11 @@ class How:
     def by_criterion(self) -> bool:
         return any(
             v is not None
-            for v in (self.criterion, self.ratio, self.count, self.threshold, self.target_flops, self.target_params)
-        )
+            for v in (
+                self.criterion, self.ratio, self.count, self.threshold,
+                self.target_flops, self.target_params, self.target_latency,
+            )
+        )  # fmt: skip
 
     @property
     def way(self) -> str:
@@ -67,10 +73,14 @@ class How:
                 "or --selection FILE" + (f" (received {' and '.join(ways)})" if ways else "")
             )
         amounts = [f"--{k.replace('_', '-')}" for k in ("ratio", "count", "threshold") if getattr(self, k) is not None]
-        targets = [f"--{k.replace('_', '-')}" for k in ("target_flops", "target_params") if getattr(self, k) is not None]
+        targets = [
+            f"--{k.replace('_', '-')}"
+            for k in ("target_flops", "target_params", "target_latency")
+            if getattr(self, k) is not None
+        ]
         if len(amounts) + bool(targets) > 1:
             raise CliError(
-                "Give one amount: --ratio, --count, --threshold, or targets (--target-flops/--target-params). "
+                "Give one amount: --ratio, --count, --threshold, or targets (--target-flops/--target-params/--target-latency). "
                 f"Received {' and '.join(amounts + targets)}"
             )
         return {"--layer/--filters": "explicit", "--criterion": "criterion", "--selection": "file"}[ways[0]]
@@ -114,6 +124,7 @@ def choose(model, graph, how: How, data=None):
                 target_params=how.target_params, round_to=how.round_to, min_keep=how.min_keep,
                 include=list(how.include) or None, exclude=list(how.exclude) or None,
                 data=data, loss=how.loss, batch_size=how.batch_size, graph=graph,
+                target_latency=how.target_latency, runtime=how.runtime, latency_batch_size=how.latency_batch_size,
             )  # fmt: skip
     given = Selection.load(how.selection_file) if way == "file" else explicit(list(how.layers), list(how.filters))
     plan = kp.make_plan(graph, given)

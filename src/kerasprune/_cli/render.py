@@ -153,3 +153,13 @@ def print_changes(before, after, title: str = "Per layer") -> None:
         out().print(changes_table(changes, title=title))
     else:
         out().print(f"{title}: no layer's filters or MACs changed")
+
+
+def print_breakdown(breakdown) -> None:
+    """`report --breakdown`: per-layer times, and the layers whose time did not fall with their MACs."""
+    out().print(breakdown.table())
+    slow = ", ".join(r.key for r in breakdown.flagged) or "none"
+    out().print(
+        f"Layers whose time fell less than {breakdown.slack:g}x their MACs: {escape(slow)} "
+        f"(dispatch overhead {breakdown.overhead_ms:.3f} ms removed from each layer time)"
+    )
