@@ -5,13 +5,15 @@ Core:
     remove_filters(model, selection) -> keras.Model   new, smaller model
     mask_filters(model, selection) -> None            in place, exact zeroing
 Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
-Workflow:    sensitivity, prune_and_finetune, SoftPruning
+Workflow:    sensitivity, prune_and_finetune (PruningSchedule, distill=), SoftPruning
+Recovery:    make_distiller, Distillation, StudentValidation; GroupLasso, group_norms
 Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
 
 from kerasprune import criteria
 from kerasprune.criteria import score
+from kerasprune.distill import Distillation, StudentValidation, make_distiller
 from kerasprune.errors import (
     ModelLoadError,
     ModelSaveError,
@@ -34,9 +36,11 @@ from kerasprune.rules import (
     register_rule,
     unregister_rule,
 )
+from kerasprune.schedules import PruningSchedule
 from kerasprune.selection import Selection, select
 from kerasprune.sensitivity import SensitivityResult, sensitivity
 from kerasprune.soft import PolynomialSchedule, SoftPruning
+from kerasprune.sparsity import GroupLasso, group_norms
 from kerasprune.surgery import remove_filters
 
 __version__ = "0.1.0"
@@ -46,20 +50,24 @@ __all__ = [
     "ChannelParams",
     "Comparison",
     "CouplerRule",
+    "Distillation",
     "Elementwise",
     "FinetuneHistory",
     "Group",
+    "GroupLasso",
     "LatencyResult",
     "ModelLoadError",
     "ModelSaveError",
     "Plan",
     "PolynomialSchedule",
     "PruningError",
+    "PruningSchedule",
     "Rule",
     "Selection",
     "SelectionError",
     "SensitivityResult",
     "SoftPruning",
+    "StudentValidation",
     "UnsupportedLayerError",
     "analyze",
     "compare",
@@ -67,7 +75,9 @@ __all__ = [
     "count_params",
     "criteria",
     "flops_by_layer",
+    "group_norms",
     "load_model",
+    "make_distiller",
     "make_plan",
     "mask_filters",
     "measure_latency",

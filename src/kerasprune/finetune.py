@@ -25,9 +25,17 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasprune.distill import (
+    Distillation,
+    StudentValidation,
+    distillation_config,
+    frozen_copy,
+    make_distiller,
+)
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params
 from kerasprune.graph import analyze
+from kerasprune.schedules import PruningSchedule, resolve_schedule
 from kerasprune.selection import select
 from kerasprune.surgery import remove_filters
 
@@ -90,7 +98,7 @@ def prune_and_finetune(
     criterion: str | Callable = "l1",
     target_ratio: float | None = None,
     target_flops: float | None = None,
-    steps: int = 3,
+    steps: int | None = None,
     train_data: Any,
     val_data: Any,
     epochs_per_step: int = 1,
@@ -103,6 +111,8 @@ def prune_and_finetune(
     seed: int = 0,
     select_options: dict | None = None,
     fit_options: dict | None = None,
+    schedule: str | Sequence[float] | PruningSchedule = "linear",
+    distill: bool | dict | Distillation | None = None,
 ) -> tuple[keras.Model, FinetuneHistory]:
     """Remove filters in `steps` steps towards a target, fine-tuning after each.
 
@@ -112,8 +122,9 @@ def prune_and_finetune(
         target_ratio: Fraction of every group's channels to remove in the end.
         target_flops: Fraction of the original FLOPs to keep in the end (global
             ranking). Exactly one of `target_ratio` / `target_flops` is required.
-        steps: Number of prune/fine-tune rounds; step `k` reaches `k / steps` of
-            the way to the target.
+        steps: Number of prune/fine-tune rounds (default 3, or the length of an
+            explicit `schedule`); with the linear schedule step `k` reaches
+            `k / steps` of the way to the target.
         train_data: `(x, y)` / `(x, y, sample_weight)` or a dataset for `model.fit`.
         val_data: Validation data, `(x, y)` or a dataset.
         epochs_per_step: Fine-tuning epochs after each removal (0: prune only).
@@ -127,6 +138,14 @@ def prune_and_finetune(
         data, loss, seed: Passed to `select` for data-driven criteria.
         select_options: Further `select` keywords (`round_to`, `min_keep`, `exclude`...).
         fit_options: Further `model.fit` keywords (`batch_size`, `verbose`...).
+        schedule: What each step keeps of the original (FLOPs for `target_flops`,
+            channels for `target_ratio`): `"linear"`, `"geometric"`, a
+            `PruningSchedule`, or a decreasing sequence ending at the target.
+            Channels are re-scored on the fine-tuned model before every step.
+        distill: Fine-tune with knowledge distillation from `model` (the
+            unpruned teacher): `True`, a dict (`temperature`, `alpha`,
+            `from_logits`) or a `Distillation`. The returned model is the plain
+            student. See `kerasprune.make_distiller`.
 
     Returns:
         `(pruned_model, history)`: the model of the last step, restored to its best
@@ -143,7 +162,14 @@ def prune_and_finetune(
         ...     train_data=(x, y), val_data=(xv, yv), epochs_per_step=2)
         >>> print(history.table())
     """
-    _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode)
+    final = target_flops if target_flops is not None else 1.0 - (target_ratio or 0.0)
+    _check_args(model, target_ratio, target_flops, 3 if steps is None else steps, epochs_per_step, mode)
+    plan = resolve_schedule(schedule, final, steps)
+    steps = plan.steps
+    distill = distillation_config(distill)
+    if distill is not None and epochs_per_step:
+        with _strategy_scope(model):
+            teacher = frozen_copy(model)  # one frozen copy of the unpruned model teaches every step
     compile_config = model.get_compile_config()
     scope = scope or ("global" if target_flops is not None else "local")
     select_options = dict(select_options or {})
@@ -157,19 +183,21 @@ def prune_and_finetune(
     for k in range(1, steps + 1):
         options = dict(select_options, scope=scope, data=data, loss=loss, seed=seed)
         if target_flops is not None:
-            goal = 1.0 - k / steps * (1.0 - target_flops)
-            options["target_flops"] = min(1.0, goal * flops0 / max(count_flops(current), 1))
+            options["target_flops"] = min(1.0, plan.keep[k - 1] * flops0 / max(count_flops(current), 1))
         else:
-            before = 1.0 - (k - 1) / steps * target_ratio
-            after = 1.0 - k / steps * target_ratio
-            options["ratio"] = 1.0 - after / before
+            options["ratio"] = plan.step_ratio(k)
         graph = analyze(current)
         selection = select(current, criterion, graph=graph, **options)
         with _strategy_scope(model):
             pruned = remove_filters(current, selection, graph=graph)
             pruned.compile_from_config(compile_config)
-        best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights())
-        if epochs_per_step:
+        best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights(), pruned)
+        if epochs_per_step and distill is not None:
+            with _strategy_scope(model):
+                trainer = make_distiller(teacher, pruned, distill, copy_teacher=False)
+            first = StudentValidation(val_data, fit_options.get("validation_batch_size"))
+            _fit(trainer, train_data, None, epochs_per_step, [first, *(callbacks or []), best], fit_options)
+        elif epochs_per_step:
             _fit(pruned, train_data, val_data, epochs_per_step, [*(callbacks or []), best], fit_options)
         values, best_epoch, best_weights = tuple(best.values), best.best_epoch, best.best_weights
         pruned.set_weights(best_weights)
@@ -230,9 +258,9 @@ def _fit(model, train_data, val_data, epochs, callbacks, fit_options) -> None:
 class _BestCheckpoint(keras.callbacks.Callback):
     """Records `monitor` after every epoch and keeps the best weights (in memory)."""
 
-    def __init__(self, monitor: str, sign: float, initial: float, weights: list):
+    def __init__(self, monitor: str, sign: float, initial: float, weights: list, source: keras.Model):
         super().__init__()
-        self.monitor, self.sign = monitor, sign
+        self.monitor, self.sign, self.source = monitor, sign, source  # source: the model whose weights to keep
         self.values = [initial]
         self.best_epoch, self.best_weights = 0, weights
 
@@ -244,7 +272,7 @@ class _BestCheckpoint(keras.callbacks.Callback):
         self.values.append(value)
         best = self.values[self.best_epoch]
         if self.sign * value > self.sign * best or (math.isnan(best) and not math.isnan(value)):
-            self.best_epoch, self.best_weights = len(self.values) - 1, self.model.get_weights()
+            self.best_epoch, self.best_weights = len(self.values) - 1, self.source.get_weights()
 
 
 def _evaluate(model, val_data, monitor: str) -> float:
