@@ -6,7 +6,8 @@ Core:
     mask_filters(model, selection) -> None            in place, exact zeroing
 Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
 Workflow:    sensitivity, prune_and_finetune (PruningSchedule, distill=), SoftPruning
-Recovery:    make_distiller, Distillation, StudentValidation; GroupLasso, group_norms
+Recovery:    make_distiller, Distillation, StudentValidation; GroupLasso, group_norms;
+             recalibrate_batchnorm
 Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
@@ -27,6 +28,7 @@ from kerasprune.graph import ChannelGraph, Group, analyze
 from kerasprune.io import load_model, save_model
 from kerasprune.masking import mask_filters
 from kerasprune.plan import Plan, make_plan
+from kerasprune.recalibrate import recalibrate_batchnorm
 from kerasprune.report import Comparison, LatencyResult, compare, measure_latency
 from kerasprune.rules import (
     ChannelParams,
@@ -82,6 +84,7 @@ __all__ = [
     "mask_filters",
     "measure_latency",
     "prune_and_finetune",
+    "recalibrate_batchnorm",
     "register_rule",
     "remove_filters",
     "save_model",
