@@ -167,6 +167,8 @@ def prune_and_finetune(
     plan = resolve_schedule(schedule, final, steps)
     steps = plan.steps
     distill = distillation_config(distill)
+    if distill is not None and not epochs_per_step:
+        log.warning("prune_and_finetune: distill is ignored with epochs_per_step=0 (nothing is fine-tuned)")
     if distill is not None and epochs_per_step:
         with _strategy_scope(model):
             teacher = frozen_copy(model)  # one frozen copy of the unpruned model teaches every step
