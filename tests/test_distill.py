@@ -75,6 +75,10 @@ def test_distillation_config_and_errors():
         kp.Distillation(alpha=1.5)
     with pytest.raises(kp.PruningError, match="not compiled"):
         kp.make_distiller(_compiled(), two_conv_classifier(channels=3, classes=3, softmax=True))
+    lossless = two_conv_classifier(channels=3, classes=3, softmax=True)
+    lossless.compile(optimizer="adam")
+    with pytest.raises(kp.PruningError, match="without a loss"):
+        kp.make_distiller(_compiled(), lossless)
 
 
 SCRIPT = """

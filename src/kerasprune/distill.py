@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 from keras import distillation as kd
 
 from kerasprune.errors import PruningError
@@ -180,6 +181,8 @@ def make_distiller(
             "optimizer and metrics, so compile it first"
         )
     kwargs = keras.saving.deserialize_keras_object(compile_config)
+    if kwargs.get("loss") is None:
+        raise PruningError(f"Model '{student.name}' is compiled without a loss; the distiller needs the student's loss")
     metrics = kwargs.pop("metrics", None)
     if isinstance(metrics, dict):
         raise PruningError(
@@ -222,7 +225,10 @@ class StudentValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        data = self.val_data if isinstance(self.val_data, tuple) else (self.val_data,)
+        data = self.val_data
+        if isinstance(data, list) and len(data) in (2, 3) and all(isinstance(d, np.ndarray) for d in data):
+            data = tuple(data)
+        data = data if isinstance(data, tuple) else (data,)
         kwargs = {} if self.batch_size is None else {"batch_size": self.batch_size}
         values = student_of(self.model).evaluate(*data, verbose=0, return_dict=True, **kwargs)
         logs.update({f"val_{k}": float(v) for k, v in values.items()})

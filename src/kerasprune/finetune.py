@@ -145,7 +145,9 @@ def prune_and_finetune(
         distill: Fine-tune with knowledge distillation from `model` (the
             unpruned teacher): `True`, a dict (`temperature`, `alpha`,
             `from_logits`) or a `Distillation`. The returned model is the plain
-            student. See `kerasprune.make_distiller`.
+            student; `callbacks` see the `keras.distillation.Distiller` as their
+            model, and the validation logs hold the student's own loss and
+            metrics. See `kerasprune.make_distiller`.
 
     Returns:
         `(pruned_model, history)`: the model of the last step, restored to its best
