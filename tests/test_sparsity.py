@@ -84,11 +84,31 @@ def test_all_params_zero_every_weight_masking_zeroes():
         assert np.all(after[g] <= n + 1e-6)  # overlapping groups only shrink each other
 
 
+def test_ratio_penalizes_only_the_weakest_channels_of_each_group():
+    model = two_conv_classifier(channels=3, classes=3, bn_seed=3)
+    lasso = _attached(model, ratio=kp.PolynomialSchedule(0.0, 0.5, begin=0, end=2))
+    before = {name: _bn(model, name) for name in ("bn1", "bn2")}
+    lasso.on_epoch_begin(0)  # ratio 0: nothing is penalized
+    lasso._weights.shrink(100.0)
+    assert all(np.array_equal(_bn(model, n)[0], before[n][0]) for n in before)
+    lasso.on_epoch_begin(2)  # ratio 0.5: the 4 weakest of 8 channels per group
+    lasso._weights.shrink(100.0)
+    for name, (gamma, beta) in before.items():
+        weakest = np.argsort(np.hypot(gamma, beta), kind="stable")[:4]
+        new_gamma, new_beta = _bn(model, name)
+        hit = np.zeros(8, dtype=bool)
+        hit[weakest] = True
+        assert np.all(new_gamma[hit] == 0) and np.all(new_beta[hit] == 0)
+        assert np.array_equal(new_gamma[~hit], gamma[~hit]) and np.array_equal(new_beta[~hit], beta[~hit])
+
+
 def test_errors():
     with pytest.raises(kp.PruningError, match="strength"):
         kp.GroupLasso(0.0)
     with pytest.raises(kp.PruningError, match="penalize"):
         kp.GroupLasso(1.0, penalize="kernels")
+    with pytest.raises(kp.PruningError, match="ratio"):
+        kp.GroupLasso(1.0, ratio=1.0)
     with pytest.raises(kp.PruningError, match="learning_rate"):
         kp.GroupLasso(1.0, learning_rate=-1.0)
     with pytest.raises(kp.PruningError, match="once training has started"):
