@@ -84,6 +84,7 @@ def test_all_params_zero_every_weight_masking_zeroes():
         assert np.all(after[g] <= n + 1e-6)  # overlapping groups only shrink each other
 
 
+@pytest.mark.backend
 def test_ratio_penalizes_only_the_weakest_channels_of_each_group():
     model = two_conv_classifier(channels=3, classes=3, bn_seed=3)
     lasso = _attached(model, ratio=kp.PolynomialSchedule(0.0, 0.5, begin=0, end=2))
