@@ -6,10 +6,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-tf test-jax test-torch lint bench clean
 
-$(STAMP): pyproject.toml
+# pyproject.toml declares compatible ranges; constraints.txt pins the exact, tested versions.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,jax,torch]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,jax,torch]"
+	# The `hub` extra (keras-hub, for the keras_hub tests) without tensorflow-text, which would
+	# install a second, full TensorFlow build over tensorflow-cpu; keras_hub's models need only these:
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps keras-hub
+	$(PY) -m pip install --quiet -c constraints.txt regex tokenizers sentencepiece kagglehub
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -130,6 +130,7 @@ def child(args) -> None:
     import numpy as np
 
     import kerasprune as kp
+    from kerasprune.export import runtime_versions
     from kerasprune.flops import count_flops
 
     sys.path.insert(0, str(HERE))
@@ -144,6 +145,9 @@ def child(args) -> None:
         out_path.write_text(json.dumps({"conditions": cond, "rows": rows}))
 
     threads = os.cpu_count() or 1
+    # TF's pools default to every core; the LiteRT interpreter is given the same count.
+    cond["threads"] = {"tensorflow": threads, "litert": threads}
+    cond["versions"] = runtime_versions()
     for name in args.models:
         for round_to in args.round_to:
             rt = round_to or None
@@ -245,7 +249,10 @@ def markdown(data: dict) -> str:
         lines.append(
             f"- `{c['command']}`: {c['date']}, backend {c['backend']}, {c['cpu']}, {c['cpus']} cores "
             f"shared with other jobs (load average {c['loadavg'][0]:.1f} at start), Keras {c['keras']}, "
-            f"TensorFlow {c['tensorflow']}."
+            f"TensorFlow {c['tensorflow']}"
+            + (f", threads {c['threads']}" if "threads" in c else "")
+            + (f", {', '.join(f'{k} {v}' for k, v in c['versions'].items() if v)}" if "versions" in c else "")
+            + "."
         )
     lines += [
         "",

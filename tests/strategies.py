@@ -13,7 +13,9 @@ ZeroPadding/Cropping/UpSampling, residual Add/Subtract/Multiply/Average/
 Maximum/Minimum, Concatenate on the channel axis (also of the same tensor
 twice) and on a spatial axis, squeeze-excite, Flatten->Dense, nested
 Functional submodels, and both data formats (TensorFlow's CPU backend runs
-channels_first convolutions, so they are fuzzed everywhere).
+channels_first convolutions, so they are fuzzed everywhere). On 1-D channels_last
+inputs (sequences) it also draws MultiHeadAttention blocks (residual, gated, FFN)
+and recurrent layers (LSTM, GRU, SimpleRNN, Bidirectional); see the last section.
 """
 
 from __future__ import annotations
@@ -354,6 +356,7 @@ def draw_selection(d: RandomDraw, graph) -> tuple[dict, dict[str, int]]:
             own = set(pc[pg == g.id].tolist())
             if own <= picked:
                 picked.discard(min(own))
+        _keep_one_per_part(graph, g, picked)  # slices and splits of the group (keras.ops section)
         if not picked:
             continue
         k = len(picked)
@@ -451,3 +454,194 @@ def check_pruning_properties(model, selection: dict, removed: dict[str, int], tm
         "params_before": model.count_params(),
         "params_after": pruned.count_params(),
     }
+
+
+# -- attention and recurrent blocks (sequences: 1-D, channels_last, (T, C)) --------------------------
+def _is_sequence(c: _Ctx) -> bool:
+    return c.dims == 1 and c.fmt == "channels_last"
+
+
+def _block_attention(c: _Ctx, x):
+    """Self-attention (optionally gated, bias-free), residual or not, optionally followed by a residual FFN."""
+    if not _is_sequence(c):
+        return _block_conv(c, x)
+    ch = c.chans(x)
+    # key_dim == value_dim (the default): one group, as Keras's JAX backend needs (rules/attention.py,
+    # KERAS_JAX_HEAD_DIMS). Unequal sizes that pruning makes equal become one group in the pruned
+    # model, which the group-count property cannot follow; tests/test_attention.py covers them.
+    mha = L.MultiHeadAttention(
+        c.d.integer(1, 3), c.d.integer(1, 4), use_bias=c.d.boolean(), use_gate=c.d.boolean(), name=c.name("mha")
+    )
+    a = mha(x, x)
+    x = L.Add(name=c.name("attn_res"))([x, a]) if c.d.boolean() else a
+    if c.d.boolean():
+        f = L.Dense(c.width(), activation=c.d.choice(["gelu", "relu", None]), name=c.name("ff1"))(x)
+        x = L.Add(name=c.name("ff_res"))([x, L.Dense(ch, name=c.name("ff2"))(f)])
+    return x
+
+
+def _block_recurrent(c: _Ctx, x):
+    """LSTM, GRU, SimpleRNN or a Bidirectional wrapper, returning sequences."""
+    if not _is_sequence(c):
+        return _block_conv(c, x)
+    kind = c.d.choice(["lstm", "gru", "gru_reset_before", "simple", "bidirectional"])
+    units = c.d.integer(2, 6)
+    if kind == "bidirectional":
+        inner = c.d.choice([L.LSTM, L.GRU, L.SimpleRNN])(units, return_sequences=True)
+        merge = c.d.choice(["concat", "sum", "ave", "mul"])
+        return L.Bidirectional(inner, merge_mode=merge, name=c.name("birnn"))(x)
+    if kind == "lstm":
+        return L.LSTM(units, return_sequences=True, name=c.name("lstm"))(x)
+    if kind == "simple":
+        return L.SimpleRNN(units, return_sequences=True, name=c.name("rnn"))(x)
+    reset_after = kind == "gru"
+    return L.GRU(units, return_sequences=True, reset_after=reset_after, name=c.name("gru"))(x)
+
+
+BLOCKS["attention"] = _block_attention
+BLOCKS["recurrent"] = _block_recurrent
+
+
+# ======================================================================================
+# Composite layers (issue 17, tracing): a `Layer` subclass built from sublayers and
+# `keras.ops`, the way keras_hub writes its blocks. kerasprune has no rule for it and
+# traces its `call` (kerasprune.tracing); the removed model holds its pruned graph as
+# a nested Functional model when touched, the block itself when not.
+# ======================================================================================
+@keras.saving.register_keras_serializable(package="kerasprune_fuzz")
+class FuzzBlock(keras.layers.Layer):
+    """conv -> (BN) -> relu -> conv, plus the input (`x + y`), in any data format and rank."""
+
+    def __init__(self, filters, channels, dims=2, data_format="channels_last", use_bn=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.channels, self.dims = filters, channels, dims
+        self.data_format, self.use_bn = data_format, use_bn
+        conv = getattr(L, f"Conv{dims}D")
+        self.c1 = conv(filters, 3, padding="same", data_format=data_format, name="c1")
+        axis = 1 if data_format == "channels_first" else -1
+        self.bn = L.BatchNormalization(axis=axis, name="bn") if use_bn else None
+        self.c2 = conv(channels, 1, data_format=data_format, name="c2")
+
+    def build(self, input_shape):
+        self.c1.build(input_shape)
+        inner = self.c1.compute_output_shape(input_shape)
+        if self.bn is not None:
+            self.bn.build(inner)
+        self.c2.build(inner)
+
+    def call(self, x, training=None):
+        y = self.c1(x)
+        if self.bn is not None:  # a Python branch on the config: traced as written
+            y = self.bn(y, training=training)
+        return x + self.c2(keras.ops.relu(y))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "channels": self.channels,
+            "dims": self.dims,
+            "data_format": self.data_format,
+            "use_bn": self.use_bn,
+        }
+
+
+def _block_composite(c: _Ctx, x):
+    if c.chans(x) > MAX_CHANNELS:  # see KERAS_CHANNELS_FIRST_BIAS_BUG
+        return _block_conv(c, x)
+    block = FuzzBlock(c.width(), c.chans(x), c.dims, c.fmt, use_bn=c.d.boolean(), name=c.name("composite"))
+    return block(x)
+
+
+BLOCKS["composite"] = _block_composite
+
+
+# =============================================================================================
+# keras.ops vocabulary: element-wise ops with constants, squeeze-excite written with ops,
+# CSP-style splits and channel slices, reductions with keepdims, spatial pads, transposes.
+# Rules: src/kerasprune/rules/ops.py and ops_index.py.
+# =============================================================================================
+def _keep_one_per_part(graph, g, picked: set) -> None:
+    """Keep a channel of every slice or split of group `g` (removal may not empty a tensor)."""
+    from kerasprune.plan import group_parts
+
+    for gid, _, chans in group_parts(graph):
+        own = set(chans.tolist())
+        if gid == g.id and own <= picked:
+            picked.discard(min(own))
+
+
+def _ops_spatial(c: _Ctx) -> tuple[int, ...]:
+    return tuple(range(2, 2 + c.dims)) if c.fmt == "channels_first" else tuple(range(1, 1 + c.dims))
+
+
+def _ops_per_channel(c: _Ctx, values: np.ndarray) -> np.ndarray:
+    """A per-channel constant shaped to broadcast against the feature map."""
+    values = values.astype("float32")
+    return values.reshape((-1,) + (1,) * c.dims) if c.fmt == "channels_first" else values
+
+
+def _block_ops_elementwise(c: _Ctx, x):
+    ch = c.chans(x)
+    kind = c.d.choice(["relu", "swish", "affine", "where", "minmax", "residual"])
+    if kind == "relu":
+        return keras.ops.relu(x)
+    if kind == "swish":
+        return keras.activations.swish(x)
+    if kind == "affine":  # per-channel scale and shift: sliced with the channels
+        scale = _ops_per_channel(c, np.linspace(0.5, 1.5, ch))
+        return x * scale + _ops_per_channel(c, np.linspace(-0.5, 0.5, ch))
+    if kind == "where":
+        return keras.ops.where(x > 0.0, x, 0.1 * x)
+    if kind == "minmax":
+        return keras.ops.maximum(x, 0.0) - keras.ops.minimum(x, -0.5) * 0.5
+    y = _act(c, _bn(c, _conv(c, x, filters=ch)))
+    return keras.ops.add(x, y) if c.d.boolean() else keras.ops.multiply(y, keras.ops.sigmoid(x))
+
+
+def _block_ops_se(c: _Ctx, x):
+    ch, spatial, keep = c.chans(x), _ops_spatial(c), c.d.boolean()
+    s = keras.ops.mean(x, axis=spatial, keepdims=keep) if c.d.boolean() else keras.ops.max(x, axis=spatial, keepdims=keep)
+    if not keep:  # ops.reshape(gap, (-1, 1, 1, C)): the channel entry is rewritten on removal
+        ones = (1,) * c.dims
+        s = keras.ops.reshape(s, (-1, ch) + ones if c.fmt == "channels_first" else (-1,) + ones + (ch,))
+    s = c.cls("Conv")(c.d.integer(1, 4), 1, data_format=c.fmt, activation="relu", name=c.name("ops_se_reduce"))(s)
+    s = keras.ops.sigmoid(c.cls("Conv")(ch, 1, data_format=c.fmt, name=c.name("ops_se_expand"))(s))
+    return x * s if c.d.boolean() else x - s
+
+
+def _block_ops_split(c: _Ctx, x):
+    ch = c.chans(x)
+    if ch < 2:
+        return _block_ops_elementwise(c, x)
+    k = c.d.integer(1, ch - 1)
+    ax = 1 if c.fmt == "channels_first" else len(x.shape) - 1
+    if c.d.boolean():
+        a, b = keras.ops.split(x, [k], axis=ax)
+    else:  # slicing along the channel axis: x[..., :k], x[..., k:]
+        lead = (slice(None),) if c.fmt == "channels_first" else (Ellipsis,)
+        a, b = x[lead + (slice(None, k),)], x[lead + (slice(k, None),)]
+    b = _act(c, _conv(c, b, filters=c.d.integer(1, max(1, MAX_CHANNELS - k))))
+    return keras.ops.concatenate([a, b] if c.d.boolean() else [b, a], axis=ax)
+
+
+def _block_ops_spatial(c: _Ctx, x):
+    kind = c.d.choice(["center", "pad", "transpose"])
+    spatial = _ops_spatial(c)
+    if kind == "center":  # a reduction over spatial axes with keepdims
+        return x - keras.ops.max(x, axis=spatial, keepdims=True)
+    if kind == "pad" and c.size(x) <= 12:
+        pads = [(0, 0)] * len(x.shape)
+        for a in spatial:
+            pads[a] = (1, 1)
+        return keras.ops.pad(x, pads)
+    # channels to the front and back again, with an element-wise op in between
+    ax = 1 if c.fmt == "channels_first" else len(x.shape) - 1
+    y = keras.ops.moveaxis(x, ax, 1 if ax != 1 else -1)
+    return keras.ops.moveaxis(keras.ops.tanh(y), 1 if ax != 1 else -1, ax)
+
+
+BLOCKS["ops_elementwise"] = _block_ops_elementwise
+BLOCKS["ops_se"] = _block_ops_se
+BLOCKS["ops_split"] = _block_ops_split
+BLOCKS["ops_spatial"] = _block_ops_spatial

@@ -97,8 +97,13 @@ def test_reshape_that_mixes_channels_is_a_barrier():
 
 def test_custom_layer_without_rule_is_a_barrier():
     class Mystery(L.Layer):
+        """Cannot be traced either: it uses its own weight directly in call."""
+
+        def build(self, input_shape):
+            self.flip = self.add_weight(shape=(), initializer="ones", name="flip")
+
         def call(self, x):
-            return x[..., ::-1]
+            return x[..., ::-1] * self.flip
 
     _assert_blocked(Mystery(name="myst"), "'myst' (Mystery)")
 
@@ -107,12 +112,16 @@ def test_softmax_over_channels_is_a_barrier():
     _assert_blocked(L.Softmax(name="sm"), "'sm' (Softmax)")
 
 
-def test_attention_is_a_barrier():
+def test_attention_that_overrides_its_computation_is_a_barrier():
+    class CustomAttention(L.MultiHeadAttention):  # plain MultiHeadAttention has a rule
+        def _compute_attention(self, query, key, value, *args, **kwargs):
+            return super()._compute_attention(query, key, value, *args, **kwargs)
+
     def attn(x):
         x = L.Reshape((36, 4))(x)
-        return L.MultiHeadAttention(num_heads=1, key_dim=2, name="mha")(x, x)
+        return CustomAttention(num_heads=1, key_dim=2, name="mha")(x, x)
 
-    _assert_blocked(attn, "'mha' (MultiHeadAttention)")
+    _assert_blocked(attn, "'mha' (CustomAttention)")
 
 
 def test_channel_reaching_output_cannot_be_removed():
@@ -131,7 +140,7 @@ def test_unbuilt_or_subclassed_model_is_refused():
         def call(self, x):
             return x
 
-    with pytest.raises(kp.PruningError, match="Functional or Sequential"):
+    with pytest.raises(kp.PruningError, match=r"Subclassed model .*\(Sub\).*not built"):
         kp.analyze(Sub())
     with pytest.raises(kp.PruningError, match="Functional or Sequential"):
         kp.analyze("model.keras")

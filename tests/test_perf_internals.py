@@ -140,7 +140,7 @@ def _union_find_roots(n, a, b):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_components_match_union_find(seed):
-    from kerasprune.graph import _components
+    from kerasprune.builder import _components
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 300))
@@ -150,7 +150,7 @@ def test_components_match_union_find(seed):
 
 
 def test_components_of_a_long_chain():
-    from kerasprune.graph import _components
+    from kerasprune.builder import _components
 
     n = 5000
     perm = np.random.default_rng(1).permutation(n)

@@ -116,7 +116,6 @@ def test_round_to_and_min_keep():
 def test_global_target_flops_on_residual_and_masking_contract():
     m = _residual()
     sel = kp.select(m, "bn_gamma", target_flops=0.6)
-    assert sel.measured
     assert sel.flops_after <= 0.6 * sel.flops_before
     pruned, _ = assert_removal_equals_masking(m, sel)
     assert kp.count_flops(pruned) == sel.flops_after
@@ -136,7 +135,7 @@ def test_resnet50_half_flops():
     # on the rebuilt model at the same resolution.
     m = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3))
     sel = kp.select(m, "l1", target_flops=0.5)
-    assert sel.measured
+    assert kp.count_flops(kp.remove_filters(m, sel)) == sel.flops_after  # the cost model is exact
     assert abs(sel.flops_after - 0.5 * sel.flops_before) <= 0.02 * 0.5 * sel.flops_before
     assert sel.flops_before == kp.count_flops(m)
 

@@ -9,11 +9,14 @@ Workflow:    sensitivity, prune_and_finetune (PruningSchedule, distill=), SoftPr
 Recovery:    make_distiller, Distillation, StudentValidation; GroupLasso, group_norms;
              recalibrate_batchnorm
 Files:       load_model (safe_mode), save_model (atomic); reports: compare, measure_latency
+Deploy:      fold_batchnorm (BatchNorm and other affine layers into convs); kerasprune.export
 Extension:   register_rule with Rule / ChannelParams / Elementwise / CouplerRule
 """
 
 from kerasprune import criteria
+from kerasprune.allocation import select
 from kerasprune.criteria import score
+from kerasprune.deploy import fold_batchnorm
 from kerasprune.distill import Distillation, StudentValidation, make_distiller
 from kerasprune.errors import (
     ModelLoadError,
@@ -39,7 +42,7 @@ from kerasprune.rules import (
     unregister_rule,
 )
 from kerasprune.schedules import PruningSchedule
-from kerasprune.selection import Selection, select
+from kerasprune.selection import Selection
 from kerasprune.sensitivity import SensitivityResult, sensitivity
 from kerasprune.soft import PolynomialSchedule, SoftPruning
 from kerasprune.sparsity import GroupLasso, group_norms
@@ -77,6 +80,7 @@ __all__ = [
     "count_params",
     "criteria",
     "flops_by_layer",
+    "fold_batchnorm",
     "group_norms",
     "load_model",
     "make_distiller",

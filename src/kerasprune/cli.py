@@ -1,4 +1,4 @@
-"""The `kerasprune` command line: inspect, prune, report, demo.
+"""The `kerasprune` command line: inspect, prune, report, export, demo.
 
 Exit codes: 0 success; 1 usage or validation error (a one-line message, no
 traceback unless `--debug`); 2 internal error. Results go to stdout as rich
@@ -97,6 +97,7 @@ def inspect(
 ) -> None:
     """Layers, coupled channel groups, params and FLOPs, and filter scores of MODEL."""
     import kerasprune as kp
+    from kerasprune._keras import weights_of
     from kerasprune.flops import flops_by_layer
     from kerasprune.report import load_data
 
@@ -119,7 +120,7 @@ def inspect(
         layers.add_column(col, justify="left" if col in ("layer", "class") else "right")
     for key in graph.order:
         rec = graph.records[key]
-        params = sum(int(np.prod(v.shape)) for v in rec.layer.weights)
+        params = sum(int(np.prod(v.shape)) for v in weights_of(rec.layer))
         if params or rec.produces is not None:
             width = "-" if rec.produces is None else str(len(rec.produces))
             layers.add_row(escape(key), type(rec.layer).__name__, width, _fmt(params), _fmt(macs.get(key)))
@@ -363,6 +364,53 @@ def report_cmd(
     if json_out is not None:
         write_text(json.dumps(comparison.to_dict(), indent=2), json_out, overwrite=force)
         _out().print(f"Report written to {json_out}")
+
+
+# ----------------------------------------------------------------------------- export
+_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "savedmodel": None}
+
+
+def _layer_count(model) -> int:
+    return sum(1 + (_layer_count(la) if hasattr(la, "layers") else 0) for la in model.layers)
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="Model file (.keras or .h5).")],
+    to: Annotated[str, typer.Option("--to", help="Format: tflite (LiteRT), onnx or savedmodel.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="File (.tflite, .onnx) or SavedModel folder to write.")],
+    fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm and other per-channel affine layers into the convolutions first (exact).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output (never the input).")] = False,
+    unsafe: Annotated[bool, typer.Option("--unsafe", help="Load Lambda layers (runs code from the file).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Export MODEL for deployment: a LiteRT (TFLite) flatbuffer, ONNX, or a TensorFlow SavedModel."""
+    from kerasprune import export
+    from kerasprune.deploy import fold_batchnorm
+
+    if to not in _SUFFIX:
+        raise CliError(f"--to must be one of {', '.join(_SUFFIX)}. Received: {to!r}")
+    if _SUFFIX[to] is not None and output.suffix != _SUFFIX[to]:
+        raise CliError(f"Output {output} must end in {_SUFFIX[to]} for --to {to}")
+    _check_output(output, model, force, "output")
+    with _steps() as step:
+        with step(f"Loading {model}"):
+            m = _load(model, unsafe)
+        folded = 0
+        if fold_bn:
+            with step("Folding BatchNorm into the convolutions"):
+                new = fold_batchnorm(m)
+                folded, m = _layer_count(m) - _layer_count(new), new
+        with step(f"Exporting {to}"):
+            if to == "savedmodel":
+                path = export.export_saved_model(m, output, overwrite=force)
+            elif to == "tflite":
+                path = export.export_tflite(m, output, overwrite=force)
+            else:
+                path = export.export_onnx(m, output, overwrite=force)
+    size = export.exported_size(path)
+    note = f"; {folded} layer(s) folded into their convolutions" if fold_bn else ""
+    _out().print(f"Exported {escape(str(model))} to {escape(str(path))} ({to}, {size / 1e6:.2f} MB){note}")
 
 
 # ------------------------------------------------------------------------------- demo

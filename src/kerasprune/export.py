@@ -10,7 +10,14 @@ tensorflow 2.21 / keras 3.15):
   (`ai_edge_litert.interpreter.Interpreter`, package `ai-edge-litert`; falls
   back to `tf.lite.Interpreter` when that package is absent).
 - **ONNX**: `model.export(path, format="onnx")` (Keras drives `tf2onnx`
-  internally), run by `onnxruntime` on the CPU execution provider.
+  internally), run by `onnxruntime` with its available execution providers.
+
+Every export takes `fold_bn=True` to fold BatchNorm (and the other per-channel
+affine layers) into the neighbouring convolutions first
+(`kerasprune.fold_batchnorm`): the exported graph is smaller and faster and
+computes the same outputs. The runners use every core by default
+(`num_threads=os.cpu_count()`, for LiteRT and for ONNX Runtime's intra-op pool);
+`runtime_versions()` names the libraries a measurement ran on.
 
 Files are written atomically (temporary name in the target folder, then
 `os.replace`); an existing output is replaced only with `overwrite=True`.
@@ -35,6 +42,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kerasprune import _keras
+from kerasprune.deploy import fold_batchnorm
 from kerasprune.errors import ModelSaveError, PruningError
 from kerasprune.io import atomic_path
 
@@ -68,13 +77,21 @@ def interpreter_name() -> str:
     return _interpreter_class()[1]
 
 
-def export_saved_model(model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def _deployable(model: keras.Model, fold_bn: bool) -> keras.Model:
+    return fold_batchnorm(model) if fold_bn else model
+
+
+def export_saved_model(
+    model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False, fold_bn: bool = False
+) -> Path:
     """Export `model` as a TensorFlow SavedModel directory (inference only).
 
     Args:
         model: A built Keras model.
         path: The directory to create.
         overwrite: Replace an existing directory at `path`.
+        fold_bn: Fold BatchNorm and other per-channel affine layers into the
+            neighbouring convolutions first (`kerasprune.fold_batchnorm`).
 
     Returns:
         The SavedModel directory.
@@ -88,6 +105,7 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike, *, overwrite
     if path.exists() and not overwrite:
         raise ModelSaveError(f"Output {path} already exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    model = _deployable(model, fold_bn)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.export(str(tmp / "sm"), format="tf_saved_model", verbose=False)
@@ -101,7 +119,12 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike, *, overwrite
 
 
 def export_tflite(
-    model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False, saved_model: str | None = None
+    model: keras.Model,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    saved_model: str | None = None,
+    fold_bn: bool = False,
 ) -> Path:
     """Export `model` as a TFLite/LiteRT flatbuffer (float32, no quantization).
 
@@ -110,7 +133,9 @@ def export_tflite(
         path: The `.tflite` file to write.
         overwrite: Replace an existing file.
         saved_model: An existing SavedModel export of `model` to convert
-            (saves exporting it again).
+            (saves exporting it again); converted as it is.
+        fold_bn: Fold BatchNorm and other per-channel affine layers first
+            (ignored, with a warning, when `saved_model` is given).
 
     Returns:
         The `.tflite` path.
@@ -121,10 +146,12 @@ def export_tflite(
     path = Path(path)
     if path.exists() and not overwrite:  # before the (slow) conversion
         raise ModelSaveError(f"Output file {path} already exists; pass overwrite=True to replace it")
+    if saved_model is not None and fold_bn:
+        log.warning("export_tflite: converting the given SavedModel %s as it is; fold_bn=True is ignored", saved_model)
     with contextlib.ExitStack() as stack:
         if saved_model is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            saved_model = str(export_saved_model(model, tmp / "sm"))
+            saved_model = str(export_saved_model(model, tmp / "sm", fold_bn=fold_bn))
         flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
         with atomic_path(path, overwrite=overwrite, suffix=".tflite") as out:
             out.write_bytes(flatbuffer)
@@ -132,16 +159,29 @@ def export_tflite(
     return path
 
 
-def export_onnx(model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def export_onnx(
+    model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False, fold_bn: bool = False
+) -> Path:
     """Export `model` as ONNX with Keras' exporter (tf2onnx on the TensorFlow backend).
+
+    Args:
+        model: A built Keras model.
+        path: The `.onnx` file to write.
+        overwrite: Replace an existing file.
+        fold_bn: Fold BatchNorm and other per-channel affine layers first.
 
     Returns:
         The `.onnx` path.
     """
     _require_tensorflow("ONNX")
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise ModelSaveError(f"Output file {path} already exists; pass overwrite=True to replace it")
+    model = _deployable(model, fold_bn)
     with atomic_path(path, overwrite=overwrite, suffix=".onnx") as out:
-        model.export(str(out), format="onnx", verbose=False)
+        # An explicit signature: Keras' ONNX exporter refuses models never called (a loaded one).
+        signature = _keras.export_input_signature(model)
+        model.export(str(out), format="onnx", verbose=False, input_signature=signature)
     log.info("exported ONNX %s", path)
     return path
 
@@ -159,10 +199,28 @@ def load_saved_model(path: str | os.PathLike):
     return run
 
 
-def load_tflite(path: str | os.PathLike):
-    """A callable `x -> np.ndarray` running the flatbuffer in the LiteRT interpreter."""
+def _threads(num_threads: int | None) -> int:
+    if num_threads is None:
+        return os.cpu_count() or 1
+    if num_threads < 1:
+        raise PruningError(f"num_threads must be a positive integer. Received: num_threads={num_threads}")
+    return int(num_threads)
+
+
+def load_tflite(path: str | os.PathLike, *, num_threads: int | None = None):
+    """A callable `x -> np.ndarray` running the flatbuffer in the LiteRT interpreter.
+
+    Args:
+        path: The `.tflite` file.
+        num_threads: Interpreter threads; default: every core (`os.cpu_count()`).
+            The interpreter's own default is a single thread.
+
+    Returns:
+        The runner; `runner.num_threads` says how many threads it uses.
+    """
     cls, _ = _interpreter_class()
-    interpreter = cls(model_path=str(path))
+    threads = _threads(num_threads)
+    interpreter = cls(model_path=str(path), num_threads=threads)
     state = {"shape": None}
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
@@ -177,20 +235,57 @@ def load_tflite(path: str | os.PathLike):
         interpreter.invoke()
         return np.array(interpreter.get_tensor(out["index"]))
 
+    run.num_threads = threads
     return run
 
 
-def load_onnx(path: str | os.PathLike):
-    """A callable `x -> np.ndarray` running the model in onnxruntime (CPU)."""
+def load_onnx(path: str | os.PathLike, *, num_threads: int | None = None, providers: list[str] | None = None):
+    """A callable `x -> np.ndarray` running the model in onnxruntime.
+
+    Args:
+        path: The `.onnx` file.
+        num_threads: Intra-op threads; default: every core (`os.cpu_count()`).
+        providers: Execution providers; default: every available one except the
+            remote `AzureExecutionProvider` (on a CPU-only install: the CPU provider).
+
+    Returns:
+        The runner; `runner.num_threads` and `runner.providers` say what it uses.
+    """
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    threads = _threads(num_threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if providers is None:
+        providers = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: np.asarray(x, dtype=np.float32)})[0]
 
+    run.num_threads = threads
+    run.providers = session.get_providers()
     return run
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """Versions of the libraries that export and run models (None: not installed)."""
+    from importlib import metadata
+
+    def version(*names: str) -> str | None:
+        for n in names:
+            try:
+                return metadata.version(n)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {
+        "keras": keras.__version__,
+        "tensorflow": version("tensorflow", "tensorflow-cpu"),
+        **{n: version(n) for n in ("ai-edge-litert", "tf2onnx", "onnx", "onnxruntime")},
+    }
 
 
 def run_saved_model(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
@@ -208,9 +303,16 @@ def run_onnx(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
     return load_onnx(path)(x)
 
 
-def export_all(model: keras.Model, folder: str | os.PathLike, name: str, *, overwrite: bool = False) -> dict:
-    """Export `model` in every format into `folder`. Returns `{format: path}`."""
+def export_all(
+    model: keras.Model, folder: str | os.PathLike, name: str, *, overwrite: bool = False, fold_bn: bool = False
+) -> dict:
+    """Export `model` in every format into `folder` (folded once with `fold_bn=True`).
+
+    Returns:
+        `{format: path}`.
+    """
     folder = Path(folder)
+    model = _deployable(model, fold_bn)
     sm = export_saved_model(model, folder / f"{name}_saved_model", overwrite=overwrite)
     return {
         "saved_model": sm,

@@ -11,6 +11,15 @@ never ends worse than its own best checkpoint.
 On TensorFlow the pruned models are built under the strategy the input model was
 created in (`tf.distribute.MirroredStrategy` etc.); on JAX the global
 `keras.distribution` applies to them as to any new model.
+
+Every `fit` runs under `kerasprune.stack.safe_training`: with oneDNN on x86
+(TensorFlow's and PyTorch's default), a pruned strided 1x1 convolution left with
+fewer than 16 input channels would crash the process in its weight gradient
+(docs/training-crash.md); the guard computes such layers as slice + unit-stride
+convolution while kerasprune trains, and warns if the returned model has them.
+
+Progress goes to the `kerasprune.finetune` logger at INFO: one line per epoch
+and one per step (`verbose=0` silences them).
 """
 
 from __future__ import annotations
@@ -18,13 +27,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
+from kerasprune.allocation import select
 from kerasprune.distill import (
     Distillation,
     StudentValidation,
@@ -36,7 +47,7 @@ from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params
 from kerasprune.graph import analyze
 from kerasprune.schedules import PruningSchedule, resolve_schedule
-from kerasprune.selection import select
+from kerasprune.stack import safe_training, warn_if_at_risk
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
@@ -111,6 +122,8 @@ def prune_and_finetune(
     seed: int = 0,
     select_options: dict | None = None,
     fit_options: dict | None = None,
+    channelwise: Iterable[str] = (),
+    verbose: int | bool = 1,
     schedule: str | Sequence[float] | PruningSchedule = "linear",
     distill: bool | dict | Distillation | None = None,
 ) -> tuple[keras.Model, FinetuneHistory]:
@@ -138,6 +151,12 @@ def prune_and_finetune(
         data, loss, seed: Passed to `select` for data-driven criteria.
         select_options: Further `select` keywords (`round_to`, `min_keep`, `exclude`...).
         fit_options: Further `model.fit` keywords (`batch_size`, `verbose`...).
+        channelwise: Layer names to treat as element-wise (as in `analyze`), at
+            every step.
+        verbose: Log progress to the `kerasprune.finetune` logger at INFO, one
+            line per fine-tuning epoch and one per step (0 / False: silent;
+            warnings are always logged). Keras's own progress bar is
+            `fit_options={"verbose": 1}`.
         schedule: What each step keeps of the original (FLOPs for `target_flops`,
             channels for `target_ratio`): `"linear"`, `"geometric"`, a
             `PruningSchedule`, or a decreasing sequence ending at the target.
@@ -165,7 +184,7 @@ def prune_and_finetune(
         >>> print(history.table())
     """
     final = target_flops if target_flops is not None else 1.0 - (target_ratio or 0.0)
-    _check_args(model, target_ratio, target_flops, 3 if steps is None else steps, epochs_per_step, mode)
+    _check_args(model, target_ratio, target_flops, 3 if steps is None else steps, epochs_per_step, mode, verbose)
     plan = resolve_schedule(schedule, final, steps)
     steps = plan.steps
     distill = distillation_config(distill)
@@ -183,26 +202,32 @@ def prune_and_finetune(
 
     current = model
     rows = [FinetuneStep(0, flops0, params0, _evaluate(model, val_data, monitor), 0, ())]
-    log.info("prune_and_finetune: start %s=%.5g, %d FLOPs", monitor, rows[0].val_metric, flops0)
+    if verbose:
+        log.info("prune_and_finetune: start %s=%.5g, %d FLOPs", monitor, rows[0].val_metric, flops0)
     for k in range(1, steps + 1):
         options = dict(select_options, scope=scope, data=data, loss=loss, seed=seed)
         if target_flops is not None:
             options["target_flops"] = min(1.0, plan.keep[k - 1] * flops0 / max(count_flops(current), 1))
         else:
             options["ratio"] = plan.step_ratio(k)
-        graph = analyze(current)
+        graph = analyze(current, channelwise=channelwise)
         selection = select(current, criterion, graph=graph, **options)
         with _strategy_scope(model):
             pruned = remove_filters(current, selection, graph=graph)
             pruned.compile_from_config(compile_config)
         best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights(), pruned)
-        if epochs_per_step and distill is not None:
-            with _strategy_scope(model):
-                trainer = make_distiller(teacher, pruned, distill, copy_teacher=False)
-            first = StudentValidation(val_data, fit_options.get("validation_batch_size"))
-            _fit(trainer, train_data, None, epochs_per_step, [first, *(callbacks or []), best], fit_options)
-        elif epochs_per_step:
-            _fit(pruned, train_data, val_data, epochs_per_step, [*(callbacks or []), best], fit_options)
+        if epochs_per_step:
+            progress = [_Progress(k, steps, epochs_per_step, monitor)] if verbose else []
+            with safe_training(pruned, where="prune_and_finetune"):
+                if distill is not None:
+                    with _strategy_scope(model):
+                        trainer = make_distiller(teacher, pruned, distill, copy_teacher=False)
+                    first = StudentValidation(val_data, fit_options.get("validation_batch_size"))
+                    fit_callbacks = [first, *(callbacks or []), best, *progress]
+                    _fit(trainer, train_data, None, epochs_per_step, fit_callbacks, fit_options)
+                else:
+                    fit_callbacks = [*(callbacks or []), best, *progress]
+                    _fit(pruned, train_data, val_data, epochs_per_step, fit_callbacks, fit_options)
         values, best_epoch, best_weights = tuple(best.values), best.best_epoch, best.best_weights
         pruned.set_weights(best_weights)
         current = pruned
@@ -210,14 +235,16 @@ def prune_and_finetune(
             k, count_flops(current), count_params(current), values[best_epoch], best_epoch, tuple(values)
         )
         rows.append(row)
-        log.info(
-            "prune_and_finetune: step %d/%d, FLOPs %.1f%%, %s=%.5g (epoch %d)",
-            k, steps, 100 * row.flops / max(flops0, 1), monitor, row.val_metric, best_epoch,
-        )
+        if verbose:
+            log.info(
+                "prune_and_finetune: step %d/%d done, FLOPs %.1f%%, %s=%.5g (kept epoch %d)",
+                k, steps, 100 * row.flops / max(flops0, 1), monitor, row.val_metric, best_epoch,
+            )
+    warn_if_at_risk(current, where="prune_and_finetune")
     return current, FinetuneHistory(monitor, mode, tuple(rows))
 
 
-def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode) -> None:
+def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode, verbose) -> None:
     if (target_ratio is None) == (target_flops is None):
         raise PruningError(
             "Give exactly one of target_ratio or target_flops. "
@@ -233,6 +260,8 @@ def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode)
         raise PruningError(f"epochs_per_step must be a non-negative integer. Received: {epochs_per_step!r}")
     if mode not in ("max", "min"):
         raise PruningError(f"mode must be 'max' or 'min'. Received: mode={mode!r}")
+    if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
+        raise PruningError(f"verbose must be a non-negative integer or a bool. Received: verbose={verbose!r}")
     if not getattr(model, "compiled", False) or not model.get_compile_config():
         raise PruningError(
             f"Model '{model.name}' is not compiled; prune_and_finetune fine-tunes with the model's own "
@@ -257,6 +286,27 @@ def _fit(model, train_data, val_data, epochs, callbacks, fit_options) -> None:
     if len(args) > 2:
         kwargs.setdefault("sample_weight", args[2])
     model.fit(**kwargs)
+
+
+class _Progress(keras.callbacks.Callback):
+    """One INFO line per fine-tuning epoch: step, epoch, loss, the monitored value, time."""
+
+    def __init__(self, step: int, steps: int, epochs: int, monitor: str):
+        super().__init__()
+        self.step, self.steps, self.epochs, self.monitor = step, steps, epochs, monitor
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        shown = [("loss", logs.get("loss"))] + [(self.monitor, logs.get(self.monitor))] * (self.monitor != "loss")
+        values = ", ".join(f"{k}={float(v):.5g}" for k, v in shown if v is not None)
+        log.info(
+            "prune_and_finetune: step %d/%d, epoch %d/%d: %s (%.1f s)",
+            self.step, self.steps, epoch + 1, self.epochs, values, time.perf_counter() - self._t0,
+        )
 
 
 class _BestCheckpoint(keras.callbacks.Callback):

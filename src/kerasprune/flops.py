@@ -16,106 +16,25 @@ a `ChannelGraph` (a kernel's size is a product of the kept counts along its
 channel-indexed axes), so planners can try thousands of candidate removals
 without rebuilding a model.
 
-Users register the cost of their own multiplying layers with
-`register_flops(layer_class, fn)`, where `fn(layer, in_shapes, out_shapes)`
-returns `[(weight variable, positions), ...]`.
+What a layer costs is part of its rule (`Rule.macs`, see `kerasprune.rules`): a
+user's own multiplying layer is counted once its rule says so, with no second
+registration.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import keras
 import numpy as np
-from keras import layers
 
 from kerasprune import _keras
 from kerasprune.errors import PruningError
-from kerasprune.graph import functional_of as _functional
-from kerasprune.graph import run_graph
-
-MacFn = Callable[[object, list, list], list]
-
-
-@dataclass(frozen=True)
-class MacSpec:
-    """How a multiplying layer costs MACs and where it reads channels.
-
-    Attributes:
-        terms: `fn(layer, in_shapes, out_shapes) -> [(variable, positions)]`.
-        in_axis: `fn(layer, rank) -> axis` of the input that holds channels.
-    """
-
-    terms: MacFn
-    in_axis: Callable[[object, int], int]
-
-
-_MACS: dict[type, MacSpec] = {}
-
-
-def register_flops(layer_class: type, terms: MacFn, in_axis: Callable | None = None) -> None:
-    """Declare how a layer class (and its subclasses) costs multiply-accumulates.
-
-    Args:
-        layer_class: A Keras layer class.
-        terms: `fn(layer, in_shapes, out_shapes) -> [(variable, positions)]`; the
-            layer costs `sum(positions * variable.size)` MACs per sample.
-        in_axis: `fn(layer, rank) -> axis` of the input holding channels
-            (default: the last axis).
-    """
-    if not isinstance(layer_class, type):
-        raise TypeError(f"register_flops expects a class. Received: {layer_class!r}")
-    _MACS[layer_class] = MacSpec(terms, in_axis or (lambda layer, rank: rank - 1))
-
-
-def find_mac_spec(layer) -> MacSpec | None:
-    """The MAC rule for `layer`'s class (through the class hierarchy), or None."""
-    for cls in type(layer).__mro__:
-        spec = _MACS.get(cls)
-        if spec is not None:
-            return spec
-    return None
-
-
-def _first(layer) -> bool:
-    return getattr(layer, "data_format", None) == "channels_first"
-
-
-def _spatial(layer, shape) -> int:
-    dims = shape[2:] if _first(layer) else shape[1:-1]
-    return math.prod(int(d) for d in dims)
-
-
-def _chan_axis(layer, rank: int) -> int:
-    return 1 if _first(layer) else rank - 1
-
-
-def _conv(layer, ins, outs):
-    return [(layer.kernel, _spatial(layer, outs[0]))]
-
-
-def _conv_transpose(layer, ins, outs):
-    return [(layer.kernel, _spatial(layer, ins[0]))]
-
-
-def _separable(layer, ins, outs):
-    n = _spatial(layer, outs[0])
-    return [(layer.depthwise_kernel, n), (layer.pointwise_kernel, n)]
-
-
-def _dense(layer, ins, outs):
-    return [(layer.kernel, math.prod(int(d) for d in outs[0][1:-1]))]
-
-
-for _cls in (layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.DepthwiseConv1D, layers.DepthwiseConv2D):
-    register_flops(_cls, _conv, _chan_axis)
-for _cls in (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose):
-    register_flops(_cls, _conv_transpose, _chan_axis)
-for _cls in (layers.SeparableConv1D, layers.SeparableConv2D):
-    register_flops(_cls, _separable, _chan_axis)
-register_flops(layers.Dense, _dense)
+from kerasprune.rules.registry import find_rule
+from kerasprune.traversal import functional_of as _functional
+from kerasprune.traversal import run_graph
 
 
 # -- walking the graph with shapes ------------------------------------------------------
@@ -171,8 +90,8 @@ def _out_shapes(op, node, ins: list) -> list:
 
 
 def _call_macs(call: Call) -> list[tuple[object, int]]:
-    spec = find_mac_spec(call.layer)
-    if spec is None:
+    rule = find_rule(call.layer)
+    if rule is None:
         return []
     for shape in call.in_shapes[:1] + call.out_shapes[:1]:
         if any(d is None for d in shape[1:]):
@@ -180,14 +99,27 @@ def _call_macs(call: Call) -> list[tuple[object, int]]:
                 f"Cannot count MACs of layer '{call.key}' ({type(call.layer).__name__}): its shape "
                 f"{shape} is not fully known; build the model with a fixed input size"
             )
-    return spec.terms(call.layer, call.in_shapes, call.out_shapes)
+    try:
+        return rule.macs(call.layer, call.in_shapes, call.out_shapes)
+    except Exception as e:
+        raise PruningError(
+            f"Cannot count MACs of layer '{call.key}' ({type(call.layer).__name__}): its rule "
+            f"{type(rule).__name__}.macs failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def flops_by_layer(model) -> dict[str, int]:
     """Multiply-accumulates per layer for one sample (layers with MACs only).
 
-    Keys are layer keys as in `ChannelGraph` (`outer/inner` inside nested models);
-    a shared layer's calls are summed.
+    Args:
+        model: A built Functional or Sequential `keras.Model` with static input shapes.
+
+    Returns:
+        `{layer key: MACs}`. Keys are layer keys as in `ChannelGraph` (`outer/inner`
+        inside nested models); a shared layer's calls are summed.
+
+    Raises:
+        PruningError: not a Functional/Sequential model, or a shape is not static.
 
     Example:
         >>> kerasprune.flops_by_layer(model)["conv2d"]
@@ -208,6 +140,12 @@ def count_flops(model) -> int:
     See the module docstring for the convention (biases and non-multiplying
     layers are ignored; 1 MAC = one multiply + one add).
 
+    Args:
+        model: A built Functional or Sequential `keras.Model` with static input shapes.
+
+    Returns:
+        The number of MACs (int).
+
     Raises:
         PruningError: not a Functional/Sequential model, or an input size is unknown.
 
@@ -219,7 +157,21 @@ def count_flops(model) -> int:
 
 
 def count_params(model) -> int:
-    """Number of scalars in all of `model`'s weights (trainable or not, each counted once)."""
+    """Number of scalars in all of `model`'s weights (trainable or not, each counted once).
+
+    Args:
+        model: Any built `keras.Model` (or layer).
+
+    Returns:
+        The parameter count (int); a variable shared by several layers counts once.
+
+    Raises:
+        AttributeError: `model` has no `weights` (not a Keras model or layer).
+
+    Example:
+        >>> kerasprune.count_params(model) == model.count_params()
+        True
+    """
     seen: dict[int, int] = {}
     for v in model.weights:
         seen[id(v)] = math.prod(int(d) for d in v.shape)
@@ -237,15 +189,15 @@ class CostModel:
 
     def __init__(self, graph):
         self.graph = graph
-        self.n_channels = int(np.sum(graph.group_sizes))
+        self.n_channels = graph.n_channels
         self.params_before = count_params(graph.model)
         self.flops_before = 0
         var_axes: dict[int, list[np.ndarray]] = {}
         p_terms = []
         for key in graph.order:
             rec = graph.records[key]
-            for i, v in enumerate(rec.layer.weights):
-                axes = [self._flat(s.atoms) for s in rec.slices if s.index == i]
+            for i, v in enumerate(_keras.weights_of(rec.layer)):
+                axes = [self._flat(s.atoms.reshape(-1)) for s in rec.slices if s.index == i]
                 var_axes.setdefault(id(v), axes)
                 if axes:
                     p_terms.append((math.prod(int(d) for d in v.shape), axes))
@@ -261,8 +213,7 @@ class CostModel:
         self._flops = self._compile(f_terms)
 
     def _flat(self, atoms: np.ndarray) -> np.ndarray:
-        g = self.graph
-        return g.group_offsets[g.atom_group[atoms]] + g.atom_channel[atoms]
+        return self.graph.flat_index(atoms)
 
     @staticmethod
     def _compile(terms):

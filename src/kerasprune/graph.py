@@ -9,23 +9,43 @@ classes of unified atoms, numbered in the order of the group's first producer.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from kerasprune import _keras
 from kerasprune import rules as _rules  # noqa: F401  (registers the built-in rules)
+from kerasprune.builder import Builder, CallRecord, LayerRecord
 from kerasprune.errors import PruningError, SelectionError, describe
-from kerasprune.rules.base import Barrier, Chan, NodeView, Rule, WeightSlice, norm_axis
-from kerasprune.rules.registry import find_rule
-from kerasprune.rules.reshaping import Elementwise
+from kerasprune.rules.base import Chan, WeightSlice
+from kerasprune.traversal import functional_of, run_graph
+
+__all__ = ["Balance", "CallRecord", "ChannelGraph", "Group", "LayerRecord", "analyze", "graph_for", "functional_of", "run_graph"]
 
 log = logging.getLogger(__name__)
-_ELEMENTWISE = Elementwise()
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Blocks of channels that must lose the same number of channels each.
+
+    Attributes:
+        blocks: Flat channel indices of each block (see `ChannelGraph.flat_index`).
+        groups: Ids of the groups the blocks' channels belong to.
+        reason: Which layer asks for it, and why.
+    """
+
+    blocks: tuple[np.ndarray, ...]
+    groups: tuple[int, ...]
+    reason: str
+
+    def counts(self, removed_flat: np.ndarray) -> list[int]:
+        """Channels each block loses under a flat removal mask."""
+        return [int(np.count_nonzero(removed_flat[b])) for b in self.blocks]
 
 
 @dataclass(frozen=True)
@@ -60,272 +80,23 @@ class Group:
         return f"group {self.id}: {self.size} channels, {', '.join(self.layers)} [{state}]"
 
 
-@dataclass
-class LayerRecord:
-    """What the analysis learned about one layer (internal to kerasprune)."""
-
-    key: str
-    layer: Any
-    rule: Rule | None
-    slices: list[WeightSlice] = field(default_factory=list)
-    calls: list[tuple[list, list, list, list]] = field(default_factory=list)
-    produces: np.ndarray | None = None
-    barrier: str | None = None
-
-
-class Builder:
-    """The analysis state that rules talk to (see `kerasprune.rules.base`)."""
-
-    def __init__(self, channelwise: Iterable[str] = ()):
-        self._atom_parent: list[int] = []
-        self._atom_space: list[int] = []
-        self._space_parent: list[int] = []
-        self._space_owner: list[str | None] = []
-        self._blocks: list[tuple[np.ndarray, str]] = []
-        self._inexact: list[tuple[np.ndarray, str]] = []
-        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
-        self.records: dict[str, LayerRecord] = {}
-        self._by_id: dict[int, str] = {}
-        self._channelwise = set(channelwise)
-        self.order: list[str] = []
-        self.nested: dict[str, list] = {}
-
-    # -- union-find ------------------------------------------------------------------
-    def new_atoms(self, n: int, owner: str | None = None, blocked: str | None = None) -> np.ndarray:
-        start = len(self._atom_parent)
-        space = len(self._space_parent)
-        self._space_parent.append(space)
-        self._space_owner.append(owner)
-        self._atom_parent.extend(range(start, start + n))
-        self._atom_space.extend([space] * n)
-        atoms = np.arange(start, start + n, dtype=np.int64)
-        if blocked:
-            self._blocks.append((atoms, blocked))
-        return atoms
-
-    @staticmethod
-    def _find(parent: list[int], x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Declare channel `a[i]` and `b[i]` to be the same channel, for every i."""
-        if len(a) != len(b):  # pragma: no cover - rules check shapes first
-            raise Barrier(f"cannot couple {len(a)} channels with {len(b)}")
-        # Recorded now, resolved at once (vectorized) by `roots()`: nothing asks
-        # for a root during the walk.
-        self._pairs.append((np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)))
-
-    def roots(self) -> tuple[np.ndarray, np.ndarray]:
-        """Root (smallest member) of every atom's class and of every space's class."""
-        n = len(self._atom_parent)
-        if self._pairs:
-            a = np.concatenate([p[0] for p in self._pairs])
-            b = np.concatenate([p[1] for p in self._pairs])
-        else:
-            a = b = np.zeros(0, dtype=np.int64)
-        space = np.asarray(self._atom_space, dtype=np.int64)
-        return _components(n, a, b), _components(len(self._space_parent), space[a], space[b])
-
-    # -- rule-facing API -------------------------------------------------------------
-    def produce(self, view: NodeView, n: int) -> np.ndarray:
-        rec = self.records[view.key]
-        if rec.produces is None:
-            rec.produces = self.new_atoms(int(n), owner=view.key)
-        return rec.produces
-
-    def expect(self, view: NodeView, i: int, axis: int) -> np.ndarray:
-        """Atoms of input `i` along `axis`; a barrier if channels are elsewhere."""
-        c = view.inputs[i]
-        shape = view.in_shapes[i]
-        axis = norm_axis(axis, len(shape))
-        if not 0 < axis < len(shape):
-            raise Barrier(f"expects channels on axis {axis} of a rank-{len(shape)} input")
-        if c.frozen:
-            n = shape[axis]
-            if n is None:
-                raise Barrier(f"channel dimension of input {i} is not static")
-            atoms = self.new_atoms(int(n), blocked=c.frozen)
-        elif c.axis != axis and not (c.size == 1 and shape[axis] == 1 and shape[c.axis] == 1):
-            # (a single channel on a size-1 axis sits on every size-1 axis, e.g. `(N, 1, 1)`)
-            raise Barrier(f"expects channels on axis {axis}, but they are on axis {c.axis}")
-        else:
-            atoms = c.atoms
-        while len(view.in_atoms) <= i:
-            view.in_atoms.append(None)
-        view.in_atoms[i] = atoms
-        return atoms
-
-    def block(self, atoms: np.ndarray, reason: str) -> None:
-        if len(atoms):
-            self._blocks.append((atoms, reason))
-
-    def inexact(self, atoms: np.ndarray, reason: str) -> None:
-        if len(atoms):
-            self._inexact.append((atoms, reason))
-
-    def slice(self, view: NodeView, index: int, axis: int, atoms: np.ndarray, zero: bool = True) -> None:
-        if view.call:
-            return
-        rank = len(view.layer.weights[index].shape)
-        self.records[view.key].slices.append(WeightSlice(index, norm_axis(axis, rank), atoms, zero))
-
-    # -- graph walk ------------------------------------------------------------------
-    def walk(self, fn, inputs: list[Chan], prefix: str) -> list[Chan]:
-        return run_graph(
-            fn, inputs, lambda op, node, ins, pre, env: self.apply(op, node, ins, pre), prefix=prefix, enter=self._enter
-        )
-
-    def _enter(self, op, prefix: str, node, ins: list[Chan]) -> None:
-        """Remember a nested model's input channels: its `Input`s must be resized."""
-        key = f"{prefix}{op.name}"
-        self._by_id.setdefault(id(op), key)
-        shapes = [tuple(t.shape) for t in node.input_tensors]
-        self.nested.setdefault(key, []).append((shapes, ins))
-
-    def apply(self, op, node, ins: list[Chan], prefix: str) -> list[Chan]:
-        key = f"{prefix}{op.name}"
-        rec = self.records.get(key)
-        if rec is None:
-            rule = _ELEMENTWISE if (op.name in self._channelwise or key in self._channelwise) else find_rule(op)
-            rec = self.records[key] = LayerRecord(key, op, rule)
-            self._by_id[id(op)] = key
-            self.order.append(key)
-        view = NodeView(
-            layer=op,
-            key=key,
-            inputs=ins,
-            in_shapes=[tuple(t.shape) for t in node.input_tensors],
-            out_shapes=[tuple(t.shape) for t in node.outputs],
-            node=node,
-            call=len(rec.calls),
-        )
-        try:
-            if rec.rule is None:
-                raise Barrier(
-                    "no pruning rule is registered for this layer type "
-                    "(register one with kerasprune.register_rule)"
-                )
-            outs = rec.rule.analyze(view, self)
-            if len(outs) != len(node.outputs):
-                raise Barrier(f"rule returned {len(outs)} outputs for {len(node.outputs)} tensors")
-            for c, t in zip(outs, node.outputs):
-                if not c.frozen and (c.axis >= len(t.shape) or t.shape[c.axis] != c.size):
-                    raise Barrier(f"rule placed {c.size} channels on axis {c.axis} of shape {t.shape}")
-        except Barrier as e:
-            return self._barrier(rec, view, e.reason)
-        if view.call and rec.rule.couples_calls and getattr(op, "weights", None):
-            first = rec.calls[0][0]
-            for a, b in zip(first, view.in_atoms):
-                if a is not None and b is not None and len(a) == len(b):
-                    self.unify(a, b)
-        rec.calls.append(
-            (list(view.in_atoms), [c.atoms for c in outs], [None] * 0, [c.axis for c in outs])
-        )
-        return outs
-
-    def _barrier(self, rec: LayerRecord, view: NodeView, why: str) -> list[Chan]:
-        reason = f"layer {describe(view.layer)} blocks it: {why}"
-        if view.key != view.layer.name:
-            reason = f"layer '{view.key}' ({type(view.layer).__name__}) blocks it: {why}"
-        rec.barrier = rec.barrier or reason
-        for c in view.inputs:
-            if not c.frozen:
-                self.block(c.atoms, reason)
-        rec.calls.append(([None] * len(view.inputs), [None] * len(view.out_shapes), [], []))
-        return [Chan(None, None, frozen=reason) for _ in view.out_shapes]
-
-
-def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Connected components of `n` nodes joined by edges `a[i] - b[i]`.
-
-    Returns each node's root: the smallest node of its component (what a
-    union-find that always links the larger root under the smaller gives).
-    Vectorized hook-and-jump: roots of every edge's ends are hooked under the
-    smaller one, then pointers are jumped until every node points at a root.
-    """
-    parent = np.arange(n, dtype=np.int64)
-    if not len(a):
-        return parent
-    while True:
-        pa, pb = parent[a], parent[b]
-        lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
-        differ = lo != hi
-        if not differ.any():
-            return parent
-        np.minimum.at(parent, hi[differ], lo[differ])
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-
-
-def run_graph(fn, values: list, call, *, prefix: str = "", enter=None) -> list:
-    """Walk a Functional graph node by node in topological order, nested models expanded.
-
-    The one traversal shared by the analysis, the FLOPs counter and the activation
-    runner of the data-driven criteria; each tracks its own kind of value per tensor
-    (channels, shapes, tensors).
-
-    Args:
-        fn: A Functional graph (`Functional` model or a Sequential's `_functional`).
-        values: One value per input of `fn`.
-        call: `call(op, node, input_values, prefix, env) -> output values` for every
-            layer/operation call (`env` maps `id(tensor)` to its value so far).
-        prefix: Key prefix of the layers of `fn` (`outer/` inside nested models).
-        enter: Optional `enter(model, prefix, node, input_values)`, told before a
-            nested model is walked.
-
-    Returns:
-        The values of `fn`'s outputs.
-    """
-    env = {id(t): v for t, v in zip(fn.inputs, values)}
-    for node in _keras.nodes_in_order(fn):
-        op = node.operation
-        if op is None or node.is_input or any(id(t) not in env for t in node.input_tensors):
-            continue
-        ins = [env[id(t)] for t in node.input_tensors]
-        inner = functional_of(op)
-        if inner is not None:
-            if enter is not None:
-                enter(op, prefix, node, ins)
-            outs = run_graph(inner, ins, call, prefix=f"{prefix}{op.name}/", enter=enter)
-        else:
-            outs = call(op, node, ins, prefix, env)
-        for t, v in zip(node.outputs, outs):
-            env[id(t)] = v
-    return [env[id(t)] for t in fn.outputs]
-
-
-def functional_of(op):
-    """The Functional graph behind a nested model, or None for a plain layer.
-
-    Raises:
-        PruningError: `op` is a Sequential model that was never built.
-    """
-    try:
-        return _keras.functional_of(op)
-    except ValueError as e:
-        raise PruningError(str(e)) from None
-
-
 class ChannelGraph:
     """The result of `analyze`: groups of coupled channels and how layers use them.
 
     Attributes:
         model: The analyzed model (never modified by kerasprune).
         groups: Every group with at least one producer, in topological order.
+        options: The analysis options (`channelwise`); `analyze(other, **graph.options)`
+            analyzes another model (e.g. the pruned one) the same way.
     """
 
-    def __init__(self, model, builder: Builder):
+    def __init__(self, model, builder: Builder, options: dict | None = None):
         self.model = model
+        self.options = dict(options or {})
         self.records = builder.records
         self.nested = builder.nested
+        self.traced = builder.traced
+        self.traced_nodes = builder.traced_nodes
         self.order = tuple(builder.order)
         self._by_id = builder._by_id
         n = len(builder._atom_parent)
@@ -386,6 +157,14 @@ class ChannelGraph:
         )
         self._all_groups = tuple(sorted(self._all_groups, key=lambda g: g.id))
         self.groups = self._all_groups[: self.n_public]
+        self.balances: tuple[Balance, ...] = tuple(
+            Balance(
+                tuple(self.flat_index(b) for b in blocks),
+                tuple(sorted(set(np.unique(self.atom_group[np.concatenate(blocks)]).tolist()))),
+                why,
+            )
+            for blocks, why in builder._balance
+        )
 
     # -- lookups ---------------------------------------------------------------------
     def key_of(self, layer) -> str:
@@ -409,8 +188,9 @@ class ChannelGraph:
             return matches[0]
         if len(matches) > 1:
             raise SelectionError(f"Layer name '{layer}' is ambiguous; use one of {matches}")
-        near = [k for k in self.records if layer.lower() in k.lower()][:5]
-        hint = f" Similar: {near}." if near else ""
+        near = difflib.get_close_matches(layer, list(self.records), n=3, cutoff=0.6)
+        near += [k for k in self.records if layer.lower() in k.lower() and k not in near][: 5 - len(near)]
+        hint = f" Did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
         raise SelectionError(f"Unknown layer '{layer}' in model '{self.model.name}'.{hint}")
 
     def layer(self, key: str):
@@ -426,7 +206,7 @@ class ChannelGraph:
         rec = self.records[key]
         if rec.barrier:
             raise SelectionError(f"Cannot select channels of {rec.barrier}")
-        outs = [c[1][0] for c in rec.calls if c[1] and c[1][0] is not None]
+        outs = [c.outputs[0] for c in rec.calls if c.outputs and c.outputs[0] is not None]
         if rec.produces is not None:
             return rec.produces
         if not outs:
@@ -452,6 +232,41 @@ class ChannelGraph:
         """(group id, channel index) of each output position of `layer`."""
         atoms = self.output_atoms(layer)
         return self.atom_group[atoms], self.atom_channel[atoms]
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels of all groups together (the length of a flat channel mask)."""
+        return int(self.group_sizes.sum())
+
+    def flat_index(self, atoms: np.ndarray) -> np.ndarray:
+        """The *flat* channel index of each atom: `group_offsets[group] + channel`.
+
+        Flat indices number the channels of every group in one range
+        (`0 .. n_channels - 1`); plans, cost models and criteria address channels by them.
+        """
+        return self.group_offsets[self.atom_group[atoms]] + self.atom_channel[atoms]
+
+    def consumers(self):
+        """Every call of a layer that reads channels through weights (a conv, a dense layer).
+
+        Yields `(layer key, call index, input atoms, input channel axis)` in topological
+        order, for calls whose first input has known channels and whose rule declares MACs.
+        """
+        for key in self.order:
+            rec = self.records[key]
+            if rec.barrier or rec.rule is None:
+                continue
+            for i, call in enumerate(rec.calls):
+                atoms = call.inputs[0] if call.inputs else None
+                if atoms is None or call.in_axes[0] is None:
+                    continue
+                if _reads_channels(rec, call):
+                    yield key, i, atoms, call.in_axes[0]
+
+    def balances_of(self, group: Group | int) -> tuple[Balance, ...]:
+        """The balance constraints that involve `group`'s channels."""
+        gid = group if isinstance(group, int) else group.id
+        return tuple(b for b in self.balances if gid in b.groups)
 
     def slices(self, group: Group | int) -> list[tuple[str, WeightSlice, np.ndarray]]:
         """Weights indexed by `group`'s channels: (layer key, slice, channel per position or -1)."""
@@ -486,6 +301,15 @@ class ChannelGraph:
         return f"<ChannelGraph '{self.model.name}': {len(self.groups)} groups>"
 
 
+def _reads_channels(rec: LayerRecord, call: CallRecord) -> bool:
+    """Whether a call multiplies its input by weights (its rule declares MACs for it)."""
+    fix = lambda shapes: [tuple(1 if d is None else d for d in s) for s in shapes]  # noqa: E731
+    try:
+        return bool(rec.rule.macs(rec.layer, fix(call.in_shapes), fix(call.out_shapes)))
+    except Exception:  # a user rule that cannot cost this call: not a consumer
+        return False
+
+
 def analyze(model, *, channelwise: Iterable[str] = ()) -> ChannelGraph:
     """Build the channel-dependency graph of a Keras model.
 
@@ -512,6 +336,7 @@ def analyze(model, *, channelwise: Iterable[str] = ()) -> ChannelGraph:
         raise PruningError(
             f"kerasprune needs a built Functional or Sequential keras.Model. Received: {type(model).__name__}"
         )
+    channelwise = tuple(channelwise)
     b = Builder(channelwise)
     ins = [Chan(None, None, frozen=f"channels come from model input '{t.name}'") for t in fn.inputs]
     outs = b.walk(fn, ins, "")
@@ -520,6 +345,28 @@ def analyze(model, *, channelwise: Iterable[str] = ()) -> ChannelGraph:
             op = _keras.producer_of(t)
             name = t.name if op is None else op.name
             b.block(c.atoms, f"channels reach the model output (layer '{name}')")
-    graph = ChannelGraph(model, b)
+    graph = ChannelGraph(model, b, {"channelwise": channelwise} if channelwise else {})
     log.debug("analyzed %s: %d groups", model.name, len(graph.groups))
+    return graph
+
+
+def graph_for(model, graph: ChannelGraph | None = None, **options) -> ChannelGraph:
+    """`graph` when it was built for `model`, else `analyze(model, **options)`.
+
+    The one place every entry point (`select`, `remove_filters`, `mask_filters`, the
+    workflow functions) turns "a model and maybe its graph" into a graph.
+
+    Raises:
+        PruningError: `graph` was built for another model, or `options` contradict it.
+    """
+    if graph is None:
+        return analyze(model, **options)
+    if graph.model is not model:
+        raise PruningError(
+            f"The graph was built for a different model ('{graph.model.name}', not "
+            f"'{getattr(model, 'name', model)}'); analyze this model or pass its own graph"
+        )
+    given = {k: tuple(v) for k, v in options.items() if v}
+    if given and any(tuple(graph.options.get(k, ())) != v for k, v in given.items()):
+        raise PruningError(f"Options {given} differ from those the graph was built with: {graph.options}")
     return graph

@@ -1,8 +1,9 @@
-"""Group-wise choices from per-channel scores, shared by `sensitivity` and `SoftPruning`.
+"""Group-wise choices from per-channel scores, shared by `select`, `sensitivity` and `SoftPruning`.
 
-Both rank each group's channels on their own (the same fraction of every
-group, as in Li et al. 2017 and soft filter pruning) and express the removed
-group channels as a `{producer layer: filter indices}` selection.
+Each group's channels are ranked on their own scores; a group with balance
+constraints (a grouped convolution's groups, a GroupNormalization's groups)
+is split into equal *cells* that each lose the same number of channels, the
+lowest-scoring of each cell.
 """
 
 from __future__ import annotations
@@ -52,37 +53,74 @@ def scored(chosen: list, scores: Mapping[int, np.ndarray], criterion) -> list:
     return kept
 
 
-def producers(graph: ChannelGraph, group) -> tuple[tuple[str, np.ndarray], ...]:
-    """(layer, group channel per output position, -1 elsewhere) for the group's producers."""
-    out = []
-    for layer in group.layers:
-        gids, chans = graph.channels_of(layer)
-        out.append((layer, np.where(gids == group.id, chans, -1)))
-    return tuple(out)
+def cells(graph: ChannelGraph, group) -> tuple[np.ndarray, ...] | None:
+    """The group's channels split into the equal cells its balance constraints ask for.
+
+    Returns None for an unconstrained group. Every cell must lose the same number of
+    channels for every constraint to hold (the cells are the common refinement of the
+    constraints' blocks).
+
+    Raises:
+        PruningError: the constraints reach other groups, or do not split the group into
+            equal cells; its channels can still be chosen explicitly.
+    """
+    balances = graph.balances_of(group)
+    if not balances:
+        return None
+    off, size = int(graph.group_offsets[group.id]), group.size
+    signature = np.zeros((size, len(balances)), dtype=np.int64)
+    for j, b in enumerate(balances):
+        where = np.full(size, -1, dtype=np.int64)
+        for k, block in enumerate(b.blocks):
+            inside = block[(block >= off) & (block < off + size)] - off
+            if len(inside) != len(block):
+                raise PruningError(f"{b.reason}: its groups span several channel groups; select the channels explicitly")
+            where[inside] = k
+        if (where < 0).any():
+            raise PruningError(f"{b.reason}: it covers only part of group {group.id}; select the channels explicitly")
+        signature[:, j] = where
+    _, cell_of = np.unique(signature, axis=0, return_inverse=True)
+    out = tuple(np.flatnonzero(cell_of.reshape(-1) == c) for c in range(int(cell_of.max()) + 1))
+    sizes = {len(c) for c in out}
+    per_block = {(j, k): 0 for j, b in enumerate(balances) for k in range(len(b.blocks))}
+    for c in out:
+        for j in range(len(balances)):
+            per_block[(j, int(signature[c[0], j]))] += 1
+    if len(sizes) != 1 or any(len({v for (jj, _), v in per_block.items() if jj == j}) != 1 for j in range(len(balances))):
+        raise PruningError(
+            f"group {group.id}: its balance constraints ({'; '.join(b.reason for b in balances)}) do not split "
+            "it into equal cells; select the channels explicitly"
+        )
+    return out
 
 
-def lowest(scores: np.ndarray, ratio: float, n: int | None = None) -> np.ndarray:
-    """Indices of the `n` (default `floor(ratio * size)`) lowest scores, ties by index."""
+def removable(size: int, n: int, cell_list=None, *, min_keep: int = 1, round_to: int | None = None) -> int:
+    """How many of `n` requested channels a group of `size` may lose.
+
+    At least `min_keep` channels stay; the kept count is rounded up to a multiple of
+    `round_to` and of the number of cells (each cell keeps the same number).
+    """
+    kept = max(size - int(n), min_keep)
+    step = len(cell_list) if cell_list else 1
+    if round_to:
+        step = math.lcm(step, int(round_to))
+    kept = int(math.ceil(kept / step) * step)
+    return max(0, size - min(kept, size))
+
+
+def lowest(scores: np.ndarray, ratio: float, n: int | None = None, cell_list=None) -> np.ndarray:
+    """Indices of the `n` (default `floor(ratio * size)`) lowest scores, ties by index.
+
+    With `cell_list` (see `cells`), `n` is first made balanced (`removable`) and each
+    cell loses its own lowest-scoring channels.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     if n is None:
         n = min(int(math.floor(ratio * len(scores) + 1e-9)), len(scores) - 1)
-    return np.sort(np.argsort(scores, kind="stable")[:n])
-
-
-def group_selection(channels, removed: Mapping[int, np.ndarray]) -> dict[str, list[int]]:
-    """{layer: positions} removing the given group channels, selected through the producers.
-
-    `channels` maps group id -> `producers(graph, group)`; a group channel is selected on
-    the first producer that has it (selecting it anywhere removes it from the whole group).
-    """
-    selection: dict[str, list[int]] = {}
-    for gid, chans in removed.items():
-        todo = set(int(c) for c in chans)
-        for layer, chan_of_pos in channels[gid]:
-            if not todo:
-                break
-            pos = [i for i, c in enumerate(chan_of_pos.tolist()) if c in todo]
-            if pos:
-                selection.setdefault(layer, []).extend(pos)
-                todo -= {int(chan_of_pos[i]) for i in pos}
-    return {k: sorted(set(v)) for k, v in selection.items()}
+    if not cell_list:
+        return np.sort(np.argsort(scores, kind="stable")[:n])
+    n = removable(len(scores), n, cell_list)
+    per = n // len(cell_list)
+    if not per:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate([c[np.argsort(scores[c], kind="stable")[:per]] for c in cell_list]))

@@ -4,12 +4,16 @@
 `ModelLoadError` that says what is wrong and what to do about it. `save_model`
 writes `.keras` files atomically (a temporary file in the target directory,
 then `os.replace`), never over an existing file unless asked, and never over
-the file the model came from.
+the file the model came from. `atomic_path` / `write_text` are the library's one
+atomic writer. `model_to_bytes` / `model_from_bytes` carry a live model to worker
+processes (parallel scans); `model_fingerprint` identifies a model's architecture
+and weights (cache keys).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
+from kerasprune import _keras
 from kerasprune.errors import ModelLoadError, ModelSaveError
 
 log = logging.getLogger(__name__)
@@ -251,6 +257,9 @@ def save_model(
     Raises:
         ModelSaveError: wrong extension, `path` is `source`, or `path` exists
             and `overwrite` is False.
+
+    Example:
+        >>> kerasprune.save_model(smaller, "pruned.keras")  # refuses to replace an existing file
     """
     path = Path(path)
     if path.suffix != ".keras":
@@ -269,3 +278,38 @@ def write_text(text: str, path: str | os.PathLike, *, overwrite: bool = True) ->
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def model_to_bytes(model: keras.Model) -> bytes:
+    """The model as the bytes of a `.keras` file (what workers of a parallel scan receive)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        keras.saving.save_model(model, path)
+        return path.read_bytes()
+
+
+def model_from_bytes(data: bytes, *, custom_objects: Mapping[str, Any] | None = None) -> keras.Model:
+    """Rebuild a model from `model_to_bytes` output, in another process.
+
+    The bytes must come from this library's own `model_to_bytes` on a live model
+    (a trusted source), so a `Lambda`'s Python function is rebuilt as
+    `clone_model` would; never call this on bytes read from a file.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(data)
+        with _keras.trusted_deserialization():
+            return keras.saving.load_model(
+                path, custom_objects=dict(custom_objects or {}), compile=False, safe_mode=False
+            )
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """SHA-256 (32 hex digits) of a model's architecture (JSON config) and weights."""
+    h = hashlib.sha256()
+    h.update(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for w in model.weights:
+        arr = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+        h.update(str((w.path, arr.shape, arr.dtype.str)).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:32]

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerasprune.graph import ChannelGraph, analyze
+from kerasprune.graph import ChannelGraph, graph_for
 from kerasprune.plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,16 @@ def keep_masks(plan: Plan) -> list[tuple[Any, np.ndarray]]:
                 continue
             variable = plan.graph.records[key].layer.weights[s.index]
             entry = masks.setdefault(id(variable), (variable, np.ones(tuple(variable.shape), dtype=bool)))
-            index = [slice(None)] * len(variable.shape)
-            index[s.axis] = np.flatnonzero(gone)
-            entry[1][tuple(index)] = False
+            if s.along is None:
+                index = [slice(None)] * len(variable.shape)
+                index[s.axis] = np.flatnonzero(gone)
+                entry[1][tuple(index)] = False
+            else:  # a 2-D pattern over (axis, along), broadcast over the other axes
+                shape = [1] * len(variable.shape)
+                shape[s.axis], shape[s.along] = gone.shape
+                order = np.argsort([s.axis, s.along])
+                pattern = np.transpose(gone, order) if s.axis > s.along else gone
+                entry[1][...] &= ~np.broadcast_to(pattern.reshape(shape), entry[1].shape)
     return list(masks.values())
 
 
@@ -57,7 +64,7 @@ def apply_mask(plan: Plan) -> list[str]:
 
 
 def mask_filters(
-    model, selection: Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
+    model, selection: Plan | Mapping, *, graph: ChannelGraph | None = None, channelwise: Iterable[str] = ()
 ) -> None:
     """Neutralize the selected filters **in place**; the architecture is unchanged.
 
@@ -67,19 +74,24 @@ def mask_filters(
 
     Args:
         model: The model to modify in place.
-        selection: `{layer or name: indices or boolean mask}`; see `remove_filters`.
+        selection: `{layer or name: indices or boolean mask}`, a `Selection` or a
+            `Plan`; see `remove_filters`.
         graph: A `ChannelGraph` of `model` to reuse (from `analyze`).
         channelwise: Names of layers (e.g. `Lambda`s) to treat as element-wise,
             as in `analyze`; used when `graph` is not given.
 
+    Returns:
+        None; `model`'s weights are changed in place (its architecture is not).
+
     Raises:
         SelectionError, PruningError: as `remove_filters`.
-    """
-    graph = graph if graph is not None else analyze(model, channelwise=channelwise)
-    if graph.model is not model:
-        from kerasprune.errors import PruningError
 
-        raise PruningError("graph was built for a different model")
+    Example:
+        >>> kerasprune.mask_filters(model, {"conv2d_1": [4, 7]})  # model now ignores filters 4 and 7
+    """
+    if isinstance(selection, Plan) and graph is None:
+        graph = selection.graph
+    graph = graph_for(model, graph, channelwise=channelwise)
     plan = make_plan(graph, selection)
     changed = apply_mask(plan)
     log.info("kerasprune.mask_filters: %s; weights changed: %s", plan.summary(), ", ".join(changed))

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasprune._keras import weights_of
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params, flops_by_layer, iter_calls
 
@@ -432,6 +433,6 @@ def stage_breakdown(model: keras.Model) -> dict[str, tuple[int, int]]:
         entry = out.setdefault(label, [0, 0])
         if call.key not in seen:
             seen.add(call.key)
-            entry[0] += sum(int(np.prod(v.shape)) for v in call.layer.weights)
+            entry[0] += sum(int(np.prod(v.shape)) for v in weights_of(call.layer))
             entry[1] += macs.get(call.key, 0)
     return {k: (v[0], v[1]) for k, v in out.items()}

@@ -7,21 +7,20 @@ which layers are safe to prune (Li et al. 2017, "Pruning Filters for Efficient
 ConvNets", figure 2); `SensitivityResult.plan(tolerance)` turns them into a
 selection that prunes every group as far as its own curve allows.
 
-Evaluations are independent, so they can run in worker processes (`n_jobs`),
-which receive the model once as `.keras` bytes and rebuild each pruned model
-from it; finished evaluations are written to a JSON cache so that an interrupted
-scan resumes where it stopped.
+Evaluations are independent, so they can run on several workers: a local
+process pool (`n_jobs`) or a cluster (`backend="dask"`/`"ray"`, or a
+`joblib.parallel_config(backend="dask")` block), see `kerasprune.parallel`.
+Every worker receives the model once, as `.keras` bytes, together with the
+analysis options (`channelwise`, rules registered for custom layers), rebuilds
+the same channel graph and each pruned model from it. The driver records the
+results as they arrive in a JSON cache (`kerasprune.cache`), so an interrupted
+scan resumes where it stopped, on any engine.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
-import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,17 +28,22 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerasprune import _keras
+from kerasprune.cache import EvaluationCache
 from kerasprune.criteria import score as _score
 from kerasprune.errors import PruningError, SelectionError
-from kerasprune.graph import ChannelGraph, analyze
-from kerasprune.groupwise import choose_groups, group_selection, lowest, producers, scored
+from kerasprune.graph import ChannelGraph, analyze, graph_for
+from kerasprune.groupwise import cells, choose_groups, lowest, scored
+from kerasprune.io import atomic_path, model_fingerprint, model_from_bytes, model_to_bytes
+from kerasprune.parallel import Work, resolve_engine, run_tasks
+from kerasprune.plan import Plan
+from kerasprune.rules import find_rule, register_rule, registered
 from kerasprune.selection import Selection
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class SensitivityResult:
         metric_name: Name of the metric.
         mode: `"max"` when higher metric values are better, else `"min"`.
         scores: Group id -> channel scores used for the ranking (higher = kept longer).
-        producers: Group id -> ((layer, group channel of each output position), ...).
+        graph: The analysis of the scanned model (`plan` builds its plans on it).
     """
 
     baseline: float
@@ -86,7 +90,7 @@ class SensitivityResult:
     metric_name: str
     mode: str
     scores: Mapping[int, np.ndarray] = field(repr=False)
-    producers: Mapping[int, tuple[tuple[str, np.ndarray], ...]] = field(repr=False)
+    graph: ChannelGraph = field(repr=False, compare=False)
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -151,12 +155,13 @@ class SensitivityResult:
                 (e.g. `0.01` for one accuracy point).
 
         Returns:
-            A `kerasprune.Selection` for the analyzed model, accepted by
-            `remove_filters` and `mask_filters`.
+            A `kerasprune.Selection` for the analyzed model (with its `Plan`, groups and
+            MACs/params before -> after), accepted by `remove_filters` and `mask_filters`.
         """
         ratios = self.ratios_for(tolerance)
-        removed = {gid: lowest(self.scores[gid], ratio) for gid, ratio in ratios.items() if ratio > 0}
-        return Selection(group_selection(self.producers, removed), criterion=self.criterion)
+        removed = {gid: _lowest(self.graph, gid, self.scores[gid], ratio) for gid, ratio in ratios.items()}
+        plan = Plan.from_groups(self.graph, {gid: r for gid, r in removed.items() if len(r)})
+        return Selection.from_plan(plan, criterion=self.criterion, scores=self.scores, groups=list(self.groups))
 
     def plot(self, path: str | os.PathLike, *, title: str | None = None) -> str:
         """Save per-group curves (metric vs removed fraction) as a PNG; returns the path."""
@@ -177,9 +182,8 @@ class SensitivityResult:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2 if len(self.groups) > 8 else 1)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        _atomic_write(os.fspath(path), buf.getvalue())
+        with atomic_path(path, overwrite=True, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
         return os.fspath(path)
 
 
@@ -195,16 +199,19 @@ def sensitivity(
     data: Any = None,
     loss: Any = None,
     seed: int = 0,
-    n_jobs: int = 1,
+    n_jobs: int | None = None,
+    backend: Any = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
     graph: ChannelGraph | None = None,
+    channelwise: Iterable[str] = (),
 ) -> SensitivityResult:
     """Scan how a metric degrades when each group alone loses a fraction of its filters.
 
     The model is analyzed and scored once; every (group, ratio) pair then removes
     the `floor(ratio * size)` lowest-scoring channels of that group only and
     evaluates `metric` on the smaller model. The input model is not modified.
+    The result does not depend on where the evaluations run.
 
     Args:
         model: A built Functional or Sequential model.
@@ -219,20 +226,30 @@ def sensitivity(
         mode: `"max"` if higher metric values are better, `"min"` if lower are;
             default `"min"` for names containing "loss", else `"max"`.
         data, loss, seed: Passed to `kerasprune.score` (data-driven criteria).
-        n_jobs: Worker processes for the evaluations (`-1`: one per CPU). Workers get
-            the model as `.keras` bytes; the metric and `val_data` must be picklable
-            (lambdas are fine: joblib uses cloudpickle).
+        n_jobs: Worker processes of a local pool (`-1`: one per CPU; None: the
+            `n_jobs` of an active `joblib.parallel_config`, else 1 = this process).
+        backend: Where the evaluations run: None (an active
+            `joblib.parallel_config(backend="dask"|"ray")`, else the local pool),
+            `"loky"`/`"multiprocessing"`/`"threading"`, `"dask"` (the current
+            `distributed.Client`), a `distributed.Client`, or `"ray"`. Workers get
+            the model once as `.keras` bytes; the metric and `val_data` must be
+            picklable (lambdas are fine: cloudpickle), and sent once per worker.
         cache: JSON file of finished evaluations, keyed by model fingerprint,
-            criterion, group and ratio; read at start and rewritten atomically after
-            each evaluation, so an interrupted scan resumes.
+            criterion, metric, group and ratio; read at start and rewritten
+            atomically by this process as results arrive, so an interrupted scan
+            resumes (on any engine).
         progress: Show a progress bar (rich) while evaluating.
         graph: A `ChannelGraph` of `model` to reuse.
+        channelwise: Layer names to treat as element-wise (as for `analyze`); must
+            agree with `graph`'s if both are given. Workers analyze with the options
+            of the driver's graph.
 
     Returns:
         A `SensitivityResult` (`.table()`, `.to_dict()`, `.plot(path)`, `.plan(tol)`).
 
     Raises:
-        PruningError: bad ratios, unknown or unprunable groups, bad metric.
+        PruningError: bad ratios, unknown or unprunable groups, bad metric, an
+            unknown or missing engine, a worker whose analysis differs.
 
     Example:
         >>> result = kerasprune.sensitivity(model, "accuracy", val_data=(x_val, y_val))
@@ -241,17 +258,14 @@ def sensitivity(
     """
     ratios = _check_ratios(ratios)
     metric_name, mode = _metric_name_mode(metric, mode, val_data, model)
-    graph = graph if graph is not None else analyze(model)
-    if graph.model is not model:
-        raise PruningError("graph was built for a different model")
+    engine = resolve_engine(backend, n_jobs)
+    graph = graph_for(model, graph, channelwise=channelwise)
     chosen = choose_groups(graph, groups)
     scores = _score(model, criterion, data=data, loss=loss, seed=seed, graph=graph)
     chosen = scored(chosen, scores, criterion)
-    channels = {g.id: producers(graph, g) for g in chosen}
     crit_name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
 
-    fingerprint = model_fingerprint(model)
-    store = _Cache(cache, fingerprint, f"{crit_name}|{metric_name}")
+    store = EvaluationCache(cache, model_fingerprint(model), f"{crit_name}|{metric_name}")
     compile_config = model.get_compile_config() if isinstance(metric, str) else None
 
     tasks: dict[str, dict] = {}
@@ -259,17 +273,28 @@ def sensitivity(
     for g in chosen:
         s = np.asarray(scores[g.id])
         for ratio in ratios:
-            n = min(int(math.floor(ratio * g.size + 1e-9)), g.size - 1)
+            chans = _lowest(graph, g.id, s, ratio)
+            n = len(chans)
             key = f"g{g.id}:r{ratio:.6g}"
             layout.append((g.id, ratio, n, key))
             if n > 0 and key not in store:
-                tasks[key] = group_selection(channels, {g.id: lowest(s, n / g.size, n)})
+                tasks[key] = Plan.from_groups(graph, {g.id: chans}).to_selection()
     base_key = "baseline"
     if base_key not in store:
         tasks = {base_key: {}, **tasks}
     log.info("sensitivity: %d groups x %d ratios, %d evaluations to run", len(chosen), len(ratios), len(tasks))
 
-    _run(model, graph, tasks, metric, val_data, compile_config, store, n_jobs, progress)
+    work = Work(
+        evaluate=_evaluate,
+        setup=_setup_worker,
+        shared=lambda: _shared(model, graph, chosen, metric, val_data, compile_config),
+        local=lambda: _Context(model, graph, metric, val_data, compile_config),
+    )
+    try:
+        for key, value in run_tasks(work, tasks, engine, progress=progress, description="sensitivity"):
+            store.put(key, value)
+    finally:
+        store.flush()
 
     baseline = store[base_key]
     sign = 1.0 if mode == "max" else -1.0
@@ -286,102 +311,95 @@ def sensitivity(
         metric_name=metric_name,
         mode=mode,
         scores={g.id: np.asarray(scores[g.id]) for g in chosen},
-        producers=channels,
+        graph=graph,
     )
 
 
-# -- evaluation ----------------------------------------------------------------------
+def _lowest(graph: ChannelGraph, gid: int, scores: np.ndarray, ratio: float) -> np.ndarray:
+    """The lowest-scoring `floor(ratio * size)` channels of a group (balanced where it must be)."""
+    group = graph._all_groups[gid]
+    try:
+        cell_list = cells(graph, group)
+    except PruningError:
+        cell_list = None  # unbalanceable group: its plans are refused by the plan's own check
+    return lowest(scores, ratio, cell_list=cell_list)
 
 
-def _evaluate(model, graph, selection, metric, val_data, compile_config) -> float:
-    pruned = remove_filters(model, selection, graph=graph) if selection else _clone(model)
-    if callable(metric):
-        value = metric(pruned)
+# -- evaluation (in this process or in a worker) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    model: keras.Model
+    graph: ChannelGraph
+    metric: Any
+    val_data: Any
+    compile_config: dict | None
+
+
+def _evaluate(ctx: _Context, selection: Mapping) -> float:
+    if selection:
+        pruned = remove_filters(ctx.model, selection, graph=ctx.graph)
     else:
-        pruned.compile_from_config(compile_config)
-        if isinstance(val_data, tuple):
-            logs = pruned.evaluate(*val_data, verbose=0, return_dict=True)
+        with _keras.trusted_deserialization():  # a live model (or our own bytes), not a file
+            pruned = keras.models.clone_model(ctx.model, recursive=True)
+        pruned.set_weights(ctx.model.get_weights())
+    if callable(ctx.metric):
+        value = ctx.metric(pruned)
+    else:
+        pruned.compile_from_config(ctx.compile_config)
+        if isinstance(ctx.val_data, tuple):
+            logs = pruned.evaluate(*ctx.val_data, verbose=0, return_dict=True)
         else:
-            logs = pruned.evaluate(val_data, verbose=0, return_dict=True)
-        if metric not in logs:
-            raise PruningError(f"Metric '{metric}' is not computed by the compiled model. Available: {sorted(logs)}")
-        value = logs[metric]
+            logs = pruned.evaluate(ctx.val_data, verbose=0, return_dict=True)
+        if ctx.metric not in logs:
+            raise PruningError(
+                f"Metric '{ctx.metric}' is not computed by the compiled model. Available: {sorted(logs)}"
+            )
+        value = logs[ctx.metric]
     try:
         return float(value)
     except (TypeError, ValueError):
         raise PruningError(f"The metric must return a number. Received: {value!r}"[:200]) from None
 
 
-def _clone(model):
-    clone = keras.models.clone_model(model, recursive=True)
-    clone.set_weights(model.get_weights())
-    return clone
+def _shared(model, graph, chosen, metric, val_data, compile_config) -> dict:
+    """Everything a worker needs, sent once: the model as `.keras` bytes and the analysis options."""
+    layers = [rec.layer for rec in graph.records.values()]
+    custom = [type(op) for op in [model, *layers] if type(op).__module__.split(".")[0] != "keras"]
+    return {
+        "model": model_to_bytes(model),
+        "custom_objects": {n: c for c in custom for n in (keras.saving.get_registered_name(c), c.__name__)},
+        "rules": [(c, find_rule(op)) for c, op in {type(op): op for op in layers}.items() if c in custom],
+        "options": dict(graph.options),  # `channelwise`, as the driver's graph was built
+        "groups": [(g.id, g.layers, g.size) for g in chosen],
+        "metric": metric,
+        "val_data": val_data,
+        "compile_config": compile_config,
+    }
 
 
-_WORKER_STATE: dict[str, tuple] = {}
-
-
-def _worker(fingerprint, model_bytes, key, selection, metric, val_data, compile_config):
-    """Runs in a worker process: load the model once per process, then evaluate."""
-    if fingerprint not in _WORKER_STATE:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model.keras")
-            with open(path, "wb") as f:
-                f.write(model_bytes)
-            model = keras.saving.load_model(path, compile=False)
-        _WORKER_STATE.clear()
-        _WORKER_STATE[fingerprint] = (model, analyze(model))
-    model, graph = _WORKER_STATE[fingerprint]
-    return key, _evaluate(model, graph, selection, metric, val_data, compile_config)
-
-
-def _run(model, graph, tasks, metric, val_data, compile_config, store, n_jobs, progress):
-    if not tasks:
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(disable=not progress, transient=True, console=Console(stderr=True)) as bar:
-        job = bar.add_task("sensitivity", total=len(tasks))
-        if n_jobs == 1 or len(tasks) == 1:
-            for key, sel in tasks.items():
-                store.put(key, _evaluate(model, graph, sel, metric, val_data, compile_config))
-                bar.advance(job)
-            return
-        from joblib import Parallel, delayed
-
-        model_bytes = model_to_bytes(model)
-        fp = store.fingerprint
-        results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            delayed(_worker)(fp, model_bytes, key, sel, metric, val_data, compile_config)
-            for key, sel in tasks.items()
-        )
-        for key, value in results:
-            store.put(key, value)
-            bar.advance(job)
+def _setup_worker(shared: dict) -> _Context:
+    """In a worker, once: rebuild the model and the driver's channel graph."""
+    known = registered()
+    for cls, rule in shared["rules"]:
+        if rule is not None and not any(c in known for c in cls.__mro__):
+            register_rule(cls, rule)  # a rule the driver registered, e.g. in a notebook
+    model = model_from_bytes(shared["model"], custom_objects=shared["custom_objects"])
+    graph = analyze(model, **shared["options"])
+    for gid, layers, size in shared["groups"]:
+        got = graph.groups[gid] if gid < len(graph.groups) else None
+        if got is None or got.layers != layers or got.size != size or not got.prunable:
+            raise PruningError(
+                f"A worker's analysis of '{model.name}' differs from the driver's: group {gid} is "
+                f"{layers} ({size} channels) in the driver, "
+                f"{'missing' if got is None else f'{got.layers} ({got.size} channels, prunable={got.prunable})'} "
+                "in the worker; define custom layers and their rules in a module the workers import"
+            )
+    return _Context(model, graph, shared["metric"], shared["val_data"], shared["compile_config"])
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def model_to_bytes(model) -> bytes:
-    """The model as the bytes of a `.keras` file."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def model_fingerprint(model) -> str:
-    """SHA-256 of a model's architecture (JSON config) and weights."""
-    h = hashlib.sha256()
-    h.update(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
-    for w in model.weights:
-        arr = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
-        h.update(str((w.path, arr.shape, arr.dtype.str)).encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()[:32]
 
 
 def _check_ratios(ratios) -> tuple[float, ...]:
@@ -415,48 +433,3 @@ def _metric_name_mode(metric, mode, val_data, model) -> tuple[str, str]:
     if mode not in ("max", "min"):
         raise PruningError(f"mode must be 'max' or 'min'. Received: mode={mode!r}")
     return name, mode
-
-
-def _atomic_write(path: str, payload: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class _Cache:
-    """Finished evaluations, optionally persisted as JSON (resumable scans)."""
-
-    def __init__(self, path, fingerprint: str, tag: str):
-        self.path = None if path is None else os.fspath(path)
-        self.fingerprint = fingerprint
-        self.prefix = f"{fingerprint}|{tag}|"
-        self.data: dict[str, float] = {}
-        if self.path and os.path.exists(self.path):
-            try:
-                with open(self.path, encoding="utf-8") as f:
-                    content = json.load(f)
-                self.data = {str(k): float(v) for k, v in content.get("results", {}).items()}
-            except (OSError, ValueError, AttributeError) as e:
-                raise PruningError(f"Sensitivity cache '{self.path}' is not a readable JSON cache: {e}") from e
-
-    def __contains__(self, key: str) -> bool:
-        return self.prefix + key in self.data
-
-    def __getitem__(self, key: str) -> float:
-        return self.data[self.prefix + key]
-
-    def put(self, key: str, value: float) -> None:
-        self.data[self.prefix + key] = value
-        if self.path:
-            payload = {"version": CACHE_VERSION, "results": self.data}
-            _atomic_write(self.path, json.dumps(payload, indent=1, sort_keys=True).encode())

@@ -15,6 +15,11 @@ exactly what the finalized, smaller model computes.
 Backends: on JAX, `model.fit` keeps the variables' values in its own state
 during an epoch; the callback calls `model.jax_state_sync()` before masking, and
 since that marks the state as synced, the next step reads the masked values back.
+
+On TensorFlow builds with oneDNN, training runs under `kerasprune.stack.guard`
+(a strided 1x1 convolution with fewer than 16 input channels would otherwise
+crash the process; docs/training-crash.md). Progress: one INFO line per epoch
+on the `kerasprune.soft` logger (`verbose=0` silences it).
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import numpy as np
 from kerasprune.criteria import score as _score
 from kerasprune.distill import student_of
 from kerasprune.errors import PruningError
+from kerasprune.flops import CostModel
 from kerasprune.graph import ChannelGraph, analyze
-from kerasprune.groupwise import choose_groups, group_selection, lowest, producers, scored
+from kerasprune.groupwise import cells, choose_groups, lowest, scored
 from kerasprune.masking import keep_masks
-from kerasprune.plan import make_plan
+from kerasprune.plan import Plan
 from kerasprune.selection import Selection
+from kerasprune.stack import guard
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,9 @@ class SoftPruning(keras.callbacks.Callback):
             and the masked set only grows with the schedule.
         groups: Group ids or layer names to prune (default: every prunable group).
         data, loss, seed: Passed to `kerasprune.score` (data-driven criteria).
+        channelwise: Layer names to treat as element-wise (as in `analyze`).
+        verbose: Log one INFO line per epoch (ratio, channels masked, loss) to the
+            `kerasprune.soft` logger; 0 / False: silent (warnings are always logged).
 
     Given to the `fit` of a `keras.distillation.Distiller` (see `make_distiller`),
     it prunes the distiller's student.
@@ -115,6 +125,8 @@ class SoftPruning(keras.callbacks.Callback):
         data: Any = None,
         loss: Any = None,
         seed: int = 0,
+        channelwise: Iterable[str] = (),
+        verbose: int | bool = 1,
     ):
         super().__init__()
         if (ratio is None) == (schedule is None):
@@ -123,26 +135,39 @@ class SoftPruning(keras.callbacks.Callback):
             raise PruningError(f"ratio must be in [0, 1). Received: ratio={ratio}")
         if frequency not in ("epoch", "batch"):
             raise PruningError(f"frequency must be 'epoch' or 'batch'. Received: frequency={frequency!r}")
+        if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
+            raise PruningError(f"verbose must be a non-negative integer or a bool. Received: verbose={verbose!r}")
         self.criterion = criterion
         self.schedule = schedule if schedule is not None else (lambda epoch, r=float(ratio): r)
         self.frequency = frequency
         self.reselect = reselect
         self.groups = None if groups is None else list(groups)
         self.data, self.loss, self.seed = data, loss, seed
+        self.channelwise = tuple(channelwise)
+        self.verbose = verbose
         self.selection: Selection | None = None
         self.ratio_now: float | None = None
         self._graph: ChannelGraph | None = None
         self._masks: list[tuple[Any, Any]] = []
         self._order: dict[int, np.ndarray] = {}
+        self._unguard = None
+        self._n_masked = 0
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         target = student_of(self.model)  # a keras.distillation.Distiller's student
         if self._graph is None or self._graph.model is not target:
-            self._graph = analyze(target)
-            self._chosen = choose_groups(self._graph, self.groups)
-            self._producers = {g.id: producers(self._graph, g) for g in self._chosen}
+            self._graph = analyze(target, channelwise=self.channelwise)
+            self._chosen, self._cells = [], {}
+            for g in choose_groups(self._graph, self.groups):
+                try:
+                    self._cells[g.id] = cells(self._graph, g)
+                    self._chosen.append(g)
+                except PruningError as e:
+                    log.warning("SoftPruning: group %d (%s) left out: %s", g.id, ", ".join(g.layers), e)
+            self._cost = CostModel(self._graph)
             self._order = {}
+        self._unguard = guard(self.model, where="SoftPruning")
 
     def on_epoch_begin(self, epoch, logs=None):
         ratio = float(self.schedule(epoch))
@@ -159,9 +184,19 @@ class SoftPruning(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._apply()
+        if self.verbose:
+            loss = (logs or {}).get("loss")
+            log.info(
+                "SoftPruning: epoch %d: ratio %.3f, %d of %d channels masked%s",
+                epoch + 1, self.ratio_now, self._n_masked, sum(g.size for g in self._chosen),
+                "" if loss is None else f", loss={float(loss):.5g}",
+            )
 
     def on_train_end(self, logs=None):
         self._apply()
+        if self._unguard is not None:
+            self._unguard()
+            self._unguard = None
 
     # -- public --------------------------------------------------------------------------
     def finalize(self, model: keras.Model | None = None) -> keras.Model:
@@ -177,8 +212,8 @@ class SoftPruning(keras.callbacks.Callback):
         model = model if model is not None else (None if self.model is None else student_of(self.model))
         if model is None or self.selection is None:
             raise PruningError("SoftPruning.finalize() needs a model trained with this callback")
-        graph = self._graph if self._graph is not None and self._graph.model is model else analyze(model)
-        return remove_filters(model, self.selection, graph=graph)
+        graph = self._graph if self._graph is not None and self._graph.model is model else None
+        return remove_filters(model, self.selection, graph=graph, channelwise=self.channelwise)
 
     # -- internals ---------------------------------------------------------------------
     def _update(self, ratio: float) -> None:
@@ -189,12 +224,14 @@ class SoftPruning(keras.callbacks.Callback):
             )
             self._chosen = scored(self._chosen, scores, self.criterion)
             self._order = {g.id: np.asarray(scores[g.id], dtype=np.float64) for g in self._chosen}
-        removed = {gid: lowest(s, ratio) for gid, s in self._order.items()}
-        chosen = group_selection(self._producers, {g: r for g, r in removed.items() if len(r)})
-        self.selection = Selection(chosen, criterion=getattr(self.criterion, "__name__", str(self.criterion)))
+        removed = {gid: lowest(s, ratio, cell_list=self._cells.get(gid)) for gid, s in self._order.items()}
+        plan = Plan.from_groups(self._graph, {g: r for g, r in removed.items() if len(r)})
+        name = getattr(self.criterion, "__name__", str(self.criterion))
+        self.selection = Selection.from_plan(plan, criterion=name, scores=self._order, cost=self._cost)
         self.ratio_now = ratio
-        self._masks = _variable_masks(self._graph, self.selection)
-        log.info("SoftPruning: ratio %.3f, %d channels masked", ratio, sum(len(v) for v in removed.values()))
+        self._masks = [(v, keras.ops.convert_to_tensor(m)) for v, m in keep_masks(plan)]
+        self._n_masked = sum(len(v) for v in removed.values())
+        log.debug("SoftPruning: ratio %.3f, %d channels masked", ratio, self._n_masked)
 
     def _sync(self) -> None:
         sync = getattr(self.model, "jax_state_sync", None)
@@ -208,7 +245,3 @@ class SoftPruning(keras.callbacks.Callback):
         for variable, keep in self._masks:
             variable.assign(keras.ops.where(keep, variable.value, keras.ops.zeros_like(variable.value)))
 
-
-def _variable_masks(graph: ChannelGraph, selection) -> list[tuple[Any, Any]]:
-    """(variable, keep mask) for every weight the selection zeroes (as `mask_filters` does)."""
-    return [(v, keras.ops.convert_to_tensor(m)) for v, m in keep_masks(make_plan(graph, selection))]

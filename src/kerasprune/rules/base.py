@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kerasprune.graph import Builder
+    from kerasprune.builder import Builder
 
 
 class Barrier(Exception):
@@ -64,15 +64,24 @@ class WeightSlice:
     Attributes:
         index: Position of the variable in `layer.weights`.
         axis: Axis of that variable indexed by channels.
-        atoms: Atom of each position along `axis`.
+        atoms: Atom of each position along `axis`; with `along`, a 2-D array
+            `(positions along axis, positions along along)`: position `p` of
+            `axis` means a different channel at each position of `along`.
         zero: Whether masking zeroes the removed positions (kernels, biases,
             BN gamma/beta) or leaves them (BN moving statistics).
+        along: For grouped kernels: the axis along which the meaning of `axis`
+            changes (a grouped conv's row `p` is a different input channel for
+            each group of output filters). Removal keeps, for each position of
+            `along`, its own kept positions of `axis`; every position of
+            `along` must keep the same number (the plan checks it through the
+            balance constraint the rule declares with `g.balance`).
     """
 
     index: int
     axis: int
     atoms: np.ndarray
     zero: bool = True
+    along: int | None = None
 
 
 @dataclass
@@ -87,6 +96,7 @@ class NodeView:
     node: Any = None
     call: int = 0
     in_atoms: list = field(default_factory=list)
+    in_axes: list = field(default_factory=list)
 
     def rank(self, i: int = 0) -> int:
         return len(self.in_shapes[i])
@@ -100,6 +110,9 @@ class NodeIO:
     outputs: list[np.ndarray | None] = field(default_factory=list)
     in_axes: list[int | None] = field(default_factory=list)
     out_axes: list[int | None] = field(default_factory=list)
+    #: Keep masks of the channels the layer owns besides its outputs (`g.produce(view, n,
+    #: part=name)`: a `MultiHeadAttention`'s heads), by part name.
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def channel_axis(data_format: str | None, rank: int) -> int:
@@ -120,23 +133,62 @@ def weight_index(layer, variable) -> int:
 
 
 class Rule:
-    """Base class of all rules. Subclasses implement `analyze`.
+    """Base class of all rules: how one kind of layer treats channels.
+
+    The contract (see `docs/rules.md` for worked examples):
+
+    - `analyze(view, g)` (**required**): given the channels of the layer's
+      inputs (`view.inputs`, one `Chan` per input tensor), return one `Chan`
+      per output tensor, and declare every weight axis indexed by channels
+      with `g.slice(view, weight_index, axis, atoms)`. Producers create new
+      channels with `g.produce(view, n)`; consumers read their input's
+      channels with `g.expect(view, i, axis)`. Raise `Barrier(reason)` when
+      the layer cannot carry channels through.
+    - `rebuild_config(layer, config, io)`: the config of the smaller layer,
+      given the keep masks of its inputs and outputs (`NodeIO`). Default:
+      unchanged (weightless or per-channel layers whose config holds no width).
+    - `rebuild_weights(layer, weights, io)`: the smaller layer's weights, given
+      the original's with the removed positions already deleted. Default:
+      unchanged. For layers whose computation depends on a width beyond the
+      sliced weights (attention's `1/sqrt(key_dim)` scale).
+    - `rebuild_call(op, args, kwargs, io)`: call the rebuilt layer or operation
+      on the smaller model's tensors and return its outputs. Default:
+      `op(*args, **kwargs)`. For `keras.ops` operations whose *call arguments*
+      hold channel counts or per-channel values (a slicing key, a constant
+      operand), which `rebuild_config` cannot reach.
+    - `macs(layer, in_shapes, out_shapes)`: the multiply-accumulates of one
+      call for one sample, as `[(weight variable, positions)]` (the call costs
+      `sum(positions * variable.size)`). Default: none (normalizations,
+      activations, merges). It is what FLOPs counting, FLOPs targets and the
+      data-driven criteria (which look for the layers that read channels)
+      know of the layer, so a layer that multiplies by a weight must say so.
 
     Attributes:
-        exact: `False` for layers whose outputs on kept channels change when
-            other channels are removed (normalization across channels).
+        couples_calls: For layers called at several nodes: the inputs of
+            every call are unified (one set of weights must see the same
+            channels). Weightless rules set it to False.
     """
 
-    #: Layers called at several nodes with per-channel weights must see the same
-    #: channels at every call; the analysis unifies their inputs when True.
     couples_calls: bool = True
 
-    def analyze(self, view: NodeView, g: Builder) -> list[Chan]:  # pragma: no cover
-        raise NotImplementedError
+    def analyze(self, view: NodeView, g: Builder) -> list[Chan]:  # pragma: no cover - checked at registration
+        raise NotImplementedError(f"{type(self).__name__} must implement analyze(view, g)")
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         """Return the config of the smaller layer. Default: unchanged."""
         return config
+
+    def rebuild_weights(self, layer, weights: list, io: NodeIO) -> list:
+        """Return the weights of the smaller layer (already sliced). Default: unchanged."""
+        return weights
+
+    def rebuild_call(self, op, args: tuple, kwargs: dict, io: NodeIO):
+        """The outputs of the rebuilt `op` on the smaller model's tensors. Default: `op(*args, **kwargs)`."""
+        return op(*args, **kwargs)
+
+    def macs(self, layer, in_shapes: list[tuple], out_shapes: list[tuple]) -> list[tuple[Any, int]]:
+        """`[(variable, positions)]`: the MACs of one call per sample. Default: none."""
+        return []
 
     # Helpers shared by subclasses -------------------------------------------------
     @staticmethod

@@ -13,6 +13,8 @@ Weight layouts (Keras 3):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from keras import layers
 
@@ -27,6 +29,12 @@ from kerasprune.rules.base import (
     weight_index,
 )
 from kerasprune.rules.registry import register_many, register_rule
+
+
+def _spatial(layer, shape) -> int:
+    """Number of spatial positions of a tensor of `shape` for `layer`'s data format."""
+    dims = shape[2:] if _data_format(layer) == "channels_first" else shape[1:-1]
+    return math.prod(int(d) for d in dims)
 
 
 def _data_format(layer) -> str:
@@ -66,7 +74,13 @@ class ConvRule(Rule):
             return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
         out = g.produce(view, layer.filters)
         if groups > 1:
-            g.block(ins, f"grouped convolution '{view.key}' (groups={groups}) cannot lose input channels")
+            # Row p of the kernel is input channel `group * in_per + p` for the filters of `group`.
+            in_per, out_per = len(ins) // groups, layer.filters // groups
+            per_group = ins.reshape(groups, in_per)
+            g.slice(view, k, -2, per_group[np.arange(layer.filters) // out_per].T, along=-1)
+            what = f"Layer '{view.key}' ({type(layer).__name__}) has groups={groups}"
+            g.balance(list(per_group), f"{what} (input channels of each group)")
+            g.balance(list(out.reshape(groups, out_per)), f"{what} (filters of each group)")
         else:
             g.slice(view, k, -2, ins)
         g.slice(view, k, -1, out)
@@ -91,6 +105,9 @@ class ConvRule(Rule):
                 )
         return {**config, "filters": n}
 
+    def macs(self, layer, in_shapes, out_shapes):
+        return [(layer.kernel, _spatial(layer, out_shapes[0]))]
+
 
 class ConvTransposeRule(Rule):
     """`Conv*Transpose`: kernel `kernel_size + (filters, in)`."""
@@ -110,6 +127,10 @@ class ConvTransposeRule(Rule):
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "filters": kept(io.outputs[0])}
 
+    def macs(self, layer, in_shapes, out_shapes):
+        # Each input position is multiplied by the whole kernel.
+        return [(layer.kernel, _spatial(layer, in_shapes[0]))]
+
 
 class DepthwiseRule(Rule):
     """`DepthwiseConv1D/2D`: channel `c` owns outputs `c*m ... c*m+m-1`."""
@@ -124,6 +145,9 @@ class DepthwiseRule(Rule):
         if layer.use_bias:
             g.slice(view, weight_index(layer, layer.bias), 0, out)
         return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+
+    def macs(self, layer, in_shapes, out_shapes):
+        return [(layer.kernel, _spatial(layer, out_shapes[0]))]
 
 
 class SeparableRule(Rule):
@@ -146,6 +170,10 @@ class SeparableRule(Rule):
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "filters": kept(io.outputs[0])}
 
+    def macs(self, layer, in_shapes, out_shapes):
+        n = _spatial(layer, out_shapes[0])
+        return [(layer.depthwise_kernel, n), (layer.pointwise_kernel, n)]
+
 
 class DenseRule(Rule):
     """`Dense` on the last axis of a tensor of any rank (ConvNeXt uses 4-D)."""
@@ -167,6 +195,9 @@ class DenseRule(Rule):
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "units": kept(io.outputs[0])}
+
+    def macs(self, layer, in_shapes, out_shapes):
+        return [(layer.kernel, math.prod(int(d) for d in out_shapes[0][1:-1]))]
 
 
 class EmbeddingRule(Rule):

@@ -1,9 +1,10 @@
 """Rules for layers and operations that combine several tensors.
 
-- Couplers (`Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`,
-  the `+ - * /` operations on symbolic tensors) tie channel `c` of every input
-  together. An input whose channel dimension is 1 is broadcast (as the gate of
-  a spatial-attention block) and is not coupled.
+- Couplers (`Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`)
+  tie channel `c` of every input together (the `+ - * /` operations on
+  symbolic tensors share the coupling: `rules/ops.py`). An input whose channel
+  dimension is 1 is broadcast (as the gate of a spatial-attention block) and
+  is not coupled.
 - `Concatenate` on the channel axis places each input's channels at an offset;
   on any other axis it couples its inputs like `Add`.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 from keras import layers
 
-from kerasprune._keras import KerasTensor, call_arguments, op_classes
 from kerasprune.rules.base import Barrier, Chan, NodeView, Rule, norm_axis
 from kerasprune.rules.registry import register_many, register_rule
 
@@ -75,46 +75,8 @@ class ConcatenateRule(Rule):
         return [Chan(axis, np.concatenate(parts))]
 
 
-class OpRule(Rule):
-    """A symbolic operation (`x + 3.0`, `ops.relu(x)`) applied element-wise.
-
-    Non-tensor operands must be scalars; an array constant could be indexed by
-    channels that the rebuilt model would no longer have.
-    """
-
-    couples_calls = False
-
-    def analyze(self, view: NodeView, g) -> list[Chan]:
-        args, kwargs = call_arguments(view.node)
-        for a in list(args) + list(kwargs.values()):
-            if isinstance(a, KerasTensor) or a is None or isinstance(a, (bool, int, float, str)):
-                continue
-            if np.size(a) > 1:
-                raise Barrier(f"has a non-scalar constant operand of shape {np.shape(a)}")
-        if len(view.out_shapes) != 1:
-            raise Barrier("has several outputs")
-        if len(view.inputs) == 1:
-            if tuple(view.in_shapes[0]) != tuple(view.out_shapes[0]):
-                raise Barrier("changes the tensor's shape")
-            return self.same(view)
-        return _couple(view, g)
-
-
-_NUMPY_OPS = [
-    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power",
-    "Negative", "Abs", "Absolute", "Square", "Sqrt", "Exp", "Log", "Tanh", "Clip", "Sign",
-    "Floor", "Ceil", "Round", "Reciprocal",
-]  # fmt: skip
-_NN_OPS = [
-    "Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Elu", "Selu",
-    "Softplus", "Softsign", "LeakyRelu", "Celu", "SparsePlus", "Squareplus", "LogSigmoid",
-]  # fmt: skip
-
 register_many(
     [layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum],
     CouplerRule(),
 )
 register_rule(layers.Concatenate, ConcatenateRule())
-register_many(op_classes("numpy", _NUMPY_OPS), OpRule())
-register_many(op_classes("nn", _NN_OPS), OpRule())
-register_many(op_classes("core", ["Cast"]), OpRule())

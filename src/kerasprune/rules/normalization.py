@@ -46,8 +46,8 @@ class ChannelParams(Rule):
     Args:
         weights: Attribute names of the per-channel variables (missing ones,
             e.g. `gamma` of a BN with `scale=False`, are skipped).
-        keep: Attribute names of per-channel variables that masking leaves as
-            they are (running statistics).
+        statistics: Attribute names of per-channel variables that masking
+            leaves as they are (running statistics); removal still slices them.
         config_key: Config entry that stores the channel count, if any.
         exact: False when the layer mixes channels (normalization).
     """
@@ -55,12 +55,12 @@ class ChannelParams(Rule):
     def __init__(
         self,
         weights: Sequence[str] = (),
-        keep: Sequence[str] = (),
+        statistics: Sequence[str] = (),
         config_key: str | None = None,
         exact: bool = True,
     ):
         self.weights = tuple(weights)
-        self.keep = tuple(keep)
+        self.statistics = tuple(statistics)
         self.config_key = config_key
         self.exact = exact
 
@@ -68,7 +68,7 @@ class ChannelParams(Rule):
         layer = view.layer
         axis = self.channel_axis(view)
         atoms = g.expect(view, 0, axis)
-        for names, zero in ((self.weights, True), (self.keep, False)):
+        for names, zero in ((self.weights, True), (self.statistics, False)):
             for name in names:
                 var = getattr(layer, name, None)
                 if var is not None:
@@ -138,6 +138,11 @@ class GroupNormRule(ChannelParams):
                 g.slice(view, weight_index(layer, var), 0, atoms)
         if layer.groups != len(atoms):
             g.inexact(atoms, f"'{view.key}' (GroupNormalization) normalizes across channels")
+            g.balance(
+                list(atoms.reshape(layer.groups, -1)),
+                f"Layer '{view.key}' (GroupNormalization) has groups={layer.groups} (its channels must stay "
+                "divisible by it)",
+            )
         return [Chan(axis, atoms)]
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:

@@ -28,7 +28,11 @@ def register_rule(layer_class: type, rule: Rule | None = None):
         The rule (or, as a decorator, the rule class).
 
     Raises:
-        TypeError: `layer_class` is not a class or `rule` is not a `Rule`.
+        TypeError: `layer_class` is not a class, or `rule` does not keep the rule
+            contract (not a `Rule`, or no `analyze`); the message names what is missing.
+
+    Example:
+        >>> kerasprune.register_rule(MyScale, kerasprune.ChannelParams(("scale",), config_key="channels"))
     """
     if not isinstance(layer_class, type):
         raise TypeError(f"register_rule expects a class. Received: {layer_class!r}")
@@ -39,14 +43,43 @@ def register_rule(layer_class: type, rule: Rule | None = None):
             return rule_cls
 
         return decorator
-    if not isinstance(rule, Rule):
-        raise TypeError(f"register_rule expects a kerasprune Rule. Received: {rule!r}")
+    check_rule(rule)
     _RULES[layer_class] = rule
     return rule
 
 
+def check_rule(rule) -> None:
+    """Raise `TypeError` naming what is missing when `rule` does not keep the rule contract."""
+    if not isinstance(rule, Rule):
+        raise TypeError(
+            f"register_rule expects an instance of kerasprune.Rule (or a subclass such as ChannelParams, "
+            f"Elementwise, CouplerRule). Received: {rule!r}"
+        )
+    if type(rule).analyze is Rule.analyze:
+        raise TypeError(
+            f"Rule {type(rule).__name__} does not implement analyze(view, g), the one method every rule "
+            "needs (see docs/rules.md)"
+        )
+    for name in ("analyze", "rebuild_config", "macs"):
+        if not callable(getattr(rule, name, None)):
+            raise TypeError(f"Rule {type(rule).__name__}.{name} must be a method. Received: {getattr(rule, name)!r}")
+
+
 def unregister_rule(layer_class: type) -> None:
-    """Remove the rule registered for exactly `layer_class` (no-op if none)."""
+    """Remove the rule registered for exactly `layer_class` (no-op if none).
+
+    Args:
+        layer_class: The class given to `register_rule` (subclasses keep their own rules).
+
+    Returns:
+        None.
+
+    Raises:
+        Nothing: unregistering a class without a rule does nothing.
+
+    Example:
+        >>> kerasprune.unregister_rule(MyScale)  # MyScale is a barrier again
+    """
     _RULES.pop(layer_class, None)
 
 

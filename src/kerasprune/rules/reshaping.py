@@ -26,6 +26,7 @@ from kerasprune.rules.base import (
     kept,
     norm_axis,
 )
+from kerasprune.rules.ops import OpBarrier
 from kerasprune.rules.registry import register_many, register_rule
 
 _CHANNEL_MIXING_ACTIVATIONS = {"softmax", "log_softmax", "sparsemax", "glu"}
@@ -123,23 +124,39 @@ class GlobalPoolRule(Rule):
         return [Chan(channel_axis(fmt, out_rank), atoms)]
 
 
-def _grid(view: NodeView) -> np.ndarray:
-    """The input's atoms broadcast over its (batch-less) shape."""
-    c = view.inputs[0]
-    shape = view.in_shapes[0][1:]
+#: Largest tensor (elements) whose channels are mapped through a grid.
+GRID_LIMIT = 50_000_000
+
+
+def channel_grid(values: np.ndarray, axis: int, shape) -> np.ndarray:
+    """`values` (one per channel) laid out along `axis` of `shape`, broadcast over the other axes.
+
+    The atom-grid mechanism shared by `Flatten`, `Reshape` and the `keras.ops`
+    operations that move channels (`rules/ops_index.py`): apply the rearrangement
+    to the grid and read off where the channels went (`read_channel_axis`).
+    """
+    shape = tuple(shape)
     if any(d is None for d in shape):
-        raise Barrier(f"needs a static input shape, got {tuple(view.in_shapes[0])}")
-    if math.prod(shape) > 50_000_000:
+        raise Barrier(f"needs a static shape, got {shape}")
+    if math.prod(shape) > GRID_LIMIT:
         raise Barrier("tensor too large to map channels through")
     idx = [1] * len(shape)
-    idx[c.axis - 1] = shape[c.axis - 1]
-    return np.broadcast_to(c.atoms.reshape(idx), shape)
+    idx[axis] = shape[axis]
+    return np.broadcast_to(np.asarray(values).reshape(idx), shape)
 
 
-def _read_axis(grid: np.ndarray, key: str) -> Chan:
-    """Find the one axis of `grid` (batch-less) along which atoms vary."""
+def read_channel_axis(grid: np.ndarray, offset: int = 1) -> Chan:
+    """The one axis of `grid` along which its values vary, and the values along it.
+
+    Args:
+        grid: A rearranged `channel_grid`.
+        offset: Added to the axis found (1 for a batch-less grid, 0 for a full one).
+
+    Raises:
+        Barrier: the values vary along several axes (channels mixed with others).
+    """
     if grid.ndim == 1:
-        return Chan(1, np.ascontiguousarray(grid))
+        return Chan(offset, np.ascontiguousarray(grid))
     for ax in range(grid.ndim - 1, -1, -1):
         sel = [0] * grid.ndim
         sel[ax] = slice(None)
@@ -149,8 +166,19 @@ def _read_axis(grid: np.ndarray, key: str) -> Chan:
         if np.array_equal(np.broadcast_to(line.reshape(shape), grid.shape), grid):
             if grid.shape[ax] == 1 and any(d > 1 for d in grid.shape):
                 continue
-            return Chan(ax + 1, np.ascontiguousarray(line))
+            return Chan(ax + offset, np.ascontiguousarray(line))
     raise Barrier("moves channels onto several axes")
+
+
+def _grid(view: NodeView) -> np.ndarray:
+    """The input's atoms broadcast over its (batch-less) shape."""
+    c = view.inputs[0]
+    return channel_grid(c.atoms, c.axis - 1, view.in_shapes[0][1:])
+
+
+def _read_axis(grid: np.ndarray, key: str) -> Chan:
+    """Find the one axis of `grid` (batch-less) along which atoms vary."""
+    return read_channel_axis(grid, offset=1)
 
 
 class FlattenRule(Rule):
@@ -258,6 +286,30 @@ register_many(
     ],
     SpatialRule(),
 )
+# Preprocessing layers that work per channel on the spatial axes (the random ones are the
+# identity at inference), and those that convert colours across the channel axis.
+register_many(
+    [
+        getattr(layers, name, None)
+        for name in (
+            "Resizing", "CenterCrop", "RandomCrop", "RandomFlip", "RandomRotation", "RandomZoom",
+            "RandomTranslation", "RandomShear", "RandomPerspective", "RandomElasticTransform",
+            "RandomContrast", "RandomBrightness", "Solarization", "RandomInvert", "RandomPosterization",
+            "RandomSharpness", "RandomGaussianBlur", "RandomErasing", "AutoContrast", "Equalization",
+        )
+    ],
+    SpatialRule(),
+)  # fmt: skip
+register_many(
+    [
+        getattr(layers, name, None)
+        for name in (
+            "RandomGrayscale", "RandomHue", "RandomSaturation", "RandomColorJitter",
+            "RandomColorDegeneration", "AugMix", "RandAugment",
+        )
+    ],
+    OpBarrier("converts colours: mixes the channels"),
+)  # fmt: skip
 register_many(
     [
         layers.GlobalAveragePooling1D,

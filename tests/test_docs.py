@@ -1,0 +1,37 @@
+"""The code blocks of the docs run as written (they cannot drift from the code)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import kerasprune as kp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks(ROOT / "docs" / "rules.md"))))
+def test_rule_author_examples_run(index):
+    before = kp.rules.registered()
+    try:
+        exec(compile(python_blocks(ROOT / "docs" / "rules.md")[index], f"rules.md[{index}]", "exec"), {})
+    finally:
+        for cls in set(kp.rules.registered()) - set(before):
+            kp.unregister_rule(cls)
+
+
+def test_rule_missing_analyze_is_refused_by_name():
+    class NoAnalyze(kp.Rule):
+        pass
+
+    class Dummy:
+        pass
+
+    with pytest.raises(TypeError, match=r"NoAnalyze does not implement analyze\(view, g\)"):
+        kp.register_rule(Dummy, NoAnalyze())
+    with pytest.raises(TypeError, match="instance of kerasprune.Rule"):
+        kp.register_rule(Dummy, lambda view, g: [])
