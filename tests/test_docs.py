@@ -35,3 +35,14 @@ def test_rule_missing_analyze_is_refused_by_name():
         kp.register_rule(Dummy, NoAnalyze())
     with pytest.raises(TypeError, match="instance of kerasprune.Rule"):
         kp.register_rule(Dummy, lambda view, g: [])
+
+
+def test_api_reference_examples_run(tmp_path, monkeypatch):
+    """docs/api.md's blocks run in order in one namespace (later ones use the earlier model)."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for index, block in enumerate(python_blocks(ROOT / "docs" / "api.md")):
+        exec(compile(block, f"api.md[{index}]", "exec"), namespace)
+    assert namespace["plan"].removed, "the example plan removes a channel"
+    assert namespace["cmp"].flops_ratio < 1 and (tmp_path / "pruned.keras").exists()
+    assert any((tmp_path / "plots").glob("*.png"))

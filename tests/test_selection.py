@@ -243,3 +243,26 @@ def test_data_driven_select_feeds_removal():
     sel = kp.select(m, "apoz", ratio=0.25, data=data)
     assert sel.criterion == "apoz" and len(sel) == 4
     assert_removal_equals_masking(m, sel)
+
+
+def test_include_by_layer_name_covers_its_parts_and_nested_layers():
+    """`include=["mha"]` selects the attention heads group (`mha/heads`) too; a nested model's
+    name covers the layers inside it."""
+    inputs = keras.Input((6, 8))
+    x = keras.layers.MultiHeadAttention(num_heads=4, key_dim=4, name="mha")(inputs, inputs)
+    x = keras.layers.Dense(8, name="ffn")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    sel = kp.select(model, "l1", ratio=0.5, include=["mha"])
+    graph = kp.analyze(model)
+    chosen = {graph.group_of(name).id for name in sel}
+    heads = [g for g in graph.groups if any(k.startswith("mha/") for k in g.layers)]
+    assert heads and all(g.id in chosen for g in heads if g.prunable)
+    assert "ffn" not in sel
+
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(8, 3, name="c")(inner_in), name="backbone")
+    outer_in = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 1, name="head_conv")(inner(outer_in))
+    outer = keras.Model(outer_in, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    sel = kp.select(outer, "l1", ratio=0.5, include="backbone")
+    assert list(sel) == ["backbone/c"]

@@ -67,9 +67,15 @@ def _patterns(graph: ChannelGraph, spec, what: str) -> list[tuple[str, Any]]:
 
 
 def _matches(key: str, patterns) -> str | None:
-    bare = key.rsplit("/", 1)[-1]
+    """The pattern matching `key`, its bare name, or a path prefix of it.
+
+    A prefix at a `/` boundary matches what lies under it: `"mha"` matches the
+    head group `"mha/heads"`, `"backbone"` every layer of the nested model.
+    """
+    parts = key.split("/")
+    names = {key, parts[-1], *("/".join(parts[:i]) for i in range(1, len(parts)))}
     for text, rx in patterns:
-        if text in (key, bare) or (rx is not None and (rx.fullmatch(key) or rx.fullmatch(bare))):
+        if text in names or (rx is not None and any(rx.fullmatch(n) for n in names)):
             return text
     return None
 

@@ -237,7 +237,10 @@ class Builder:
             if shared is not None and shared != key and getattr(op, "weights", None):
                 self._block_record(self.records.get(shared), f"it is also used as '{key}'")
                 raise Barrier(f"the same layer object is also used as '{shared}' (shared across nested graphs)")
-            outs = rec.rule.analyze(view, self)
+            if rec.rule.passes_frozen and view.inputs and view.inputs[0].frozen:
+                outs = [view.inputs[0]] * len(node.outputs)
+            else:
+                outs = rec.rule.analyze(view, self)
             if len(outs) != len(node.outputs):
                 raise Barrier(f"rule returned {len(outs)} outputs for {len(node.outputs)} tensors")
             for c, t in zip(outs, node.outputs):

@@ -167,9 +167,14 @@ class Rule:
         couples_calls: For layers called at several nodes: the inputs of
             every call are unified (one set of weights must see the same
             channels). Weightless rules set it to False.
+        passes_frozen: The layer hands a *frozen* first input (model input,
+            barrier output: channels that cannot be removed) on unchanged, so
+            `analyze` is not called for it: pass-through layers set it to True
+            and need not check `view.inputs[0].frozen` themselves.
     """
 
     couples_calls: bool = True
+    passes_frozen: bool = False
 
     def analyze(self, view: NodeView, g: Builder) -> list[Chan]:  # pragma: no cover - checked at registration
         raise NotImplementedError(f"{type(self).__name__} must implement analyze(view, g)")

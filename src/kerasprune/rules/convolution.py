@@ -47,6 +47,14 @@ def _is_depthwise(layer) -> bool:
     return groups > 1 and int(layer.kernel.shape[-2]) == 1
 
 
+
+def _outputs(view: NodeView, g, out) -> list[Chan]:
+    """The bias sliced by the output channels `out`, and the output `Chan` on the channel axis."""
+    layer = view.layer
+    if layer.use_bias:
+        g.slice(view, weight_index(layer, layer.bias), 0, out)
+    return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+
 class ConvRule(Rule):
     """`Conv1D/2D/3D`: a producer of `filters` channels, a consumer of its input.
 
@@ -69,9 +77,7 @@ class ConvRule(Rule):
         if _is_depthwise(layer):
             out = np.repeat(ins, layer.filters // groups)
             g.slice(view, k, -1, out)
-            if layer.use_bias:
-                g.slice(view, weight_index(layer, layer.bias), 0, out)
-            return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+            return _outputs(view, g, out)
         out = g.produce(view, layer.filters)
         if groups > 1:
             # Row p of the kernel is input channel `group * in_per + p` for the filters of `group`.
@@ -84,9 +90,7 @@ class ConvRule(Rule):
         else:
             g.slice(view, k, -2, ins)
         g.slice(view, k, -1, out)
-        if layer.use_bias:
-            g.slice(view, weight_index(layer, layer.bias), 0, out)
-        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+        return _outputs(view, g, out)
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         n = kept(io.outputs[0])
@@ -120,9 +124,7 @@ class ConvTransposeRule(Rule):
         k = weight_index(layer, layer.kernel)
         g.slice(view, k, -1, ins)
         g.slice(view, k, -2, out)
-        if layer.use_bias:
-            g.slice(view, weight_index(layer, layer.bias), 0, out)
-        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+        return _outputs(view, g, out)
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "filters": kept(io.outputs[0])}
@@ -142,9 +144,7 @@ class DepthwiseRule(Rule):
         m = int(layer.depth_multiplier)
         out = np.repeat(ins, m) if m > 1 else ins
         g.slice(view, weight_index(layer, layer.kernel), -2, ins)
-        if layer.use_bias:
-            g.slice(view, weight_index(layer, layer.bias), 0, out)
-        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+        return _outputs(view, g, out)
 
     def macs(self, layer, in_shapes, out_shapes):
         return [(layer.kernel, _spatial(layer, out_shapes[0]))]
@@ -163,9 +163,7 @@ class SeparableRule(Rule):
         pw = weight_index(layer, layer.pointwise_kernel)
         g.slice(view, pw, -2, np.repeat(ins, m) if m > 1 else ins)
         g.slice(view, pw, -1, out)
-        if layer.use_bias:
-            g.slice(view, weight_index(layer, layer.bias), 0, out)
-        return [Chan(channel_axis(_data_format(layer), len(view.out_shapes[0])), out)]
+        return _outputs(view, g, out)
 
     def rebuild_config(self, layer, config: dict, io: NodeIO) -> dict:
         return {**config, "filters": kept(io.outputs[0])}

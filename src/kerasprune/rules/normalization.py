@@ -167,8 +167,6 @@ class UnitNormRule(Rule):
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
-        if c.frozen:
-            return [c]
         if c.axis in _axes(view.layer.axis, view.rank()):
             g.inexact(c.atoms, f"'{view.key}' (UnitNormalization) normalizes across channels")
         return [c]
@@ -177,6 +175,7 @@ class UnitNormRule(Rule):
 class PReLURule(ChannelParams):
     """`PReLU`: `alpha` has the input's shape less batch, shared axes of size 1."""
 
+    passes_frozen = True
     def __init__(self):
         super().__init__(("alpha",))
 
@@ -198,8 +197,6 @@ class RescalingRule(Rule):
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
-        if c.frozen:
-            return [c]
         for name in ("scale", "offset"):
             v = np.asarray(getattr(view.layer, name))
             if v.size > 1 and v.shape[-1] != c.size:
@@ -222,10 +219,10 @@ class RescalingRule(Rule):
 class NormalizationRule(Rule):
     """`Normalization` (preprocessing): its statistics are not sliced."""
 
+    passes_frozen = True
+    passes_frozen = True
     def analyze(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
-        if c.frozen:
-            return [c]
         atoms = g.expect(view, 0, c.axis)
         g.block(atoms, f"'{view.key}' (Normalization) holds per-channel statistics that are not sliced")
         return [c]

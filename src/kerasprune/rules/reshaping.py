@@ -101,9 +101,6 @@ class SpatialRule(Rule):
     couples_calls = False
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
-        c = view.inputs[0]
-        if c.frozen:
-            return [c]
         axis = channel_axis(getattr(view.layer, "data_format", None), view.rank())
         atoms = g.expect(view, 0, axis)
         return [Chan(axis, atoms)]
@@ -112,12 +109,10 @@ class SpatialRule(Rule):
 class GlobalPoolRule(Rule):
     """`Global*Pooling*D`: channels survive; the axis moves unless `keepdims`."""
 
+    passes_frozen = True
     couples_calls = False
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
-        c = view.inputs[0]
-        if c.frozen:
-            return [c]
         fmt = getattr(view.layer, "data_format", None)
         atoms = g.expect(view, 0, channel_axis(fmt, view.rank()))
         out_rank = len(view.out_shapes[0])
@@ -188,12 +183,12 @@ class FlattenRule(Rule):
     the mapping is the same; both are derived, not assumed.
     """
 
+    passes_frozen = True
+    passes_frozen = True
     couples_calls = False
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
-        if c.frozen:
-            return [c]
         g.expect(view, 0, c.axis)
         grid = _grid(view)
         if view.layer.data_format == "channels_first" and grid.ndim > 1:
@@ -208,8 +203,6 @@ class ReshapeRule(Rule):
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
-        if c.frozen:
-            return [c]
         g.expect(view, 0, c.axis)
         out_shape = view.out_shapes[0][1:]
         if any(d is None for d in out_shape):
@@ -235,12 +228,12 @@ class ReshapeRule(Rule):
 class PermuteRule(Rule):
     """`Permute`: channels move to the axis the permutation sends them to."""
 
+    passes_frozen = True
+    passes_frozen = True
     couples_calls = False
 
     def analyze(self, view: NodeView, g) -> list[Chan]:
         c = view.inputs[0]
-        if c.frozen:
-            return [c]
         atoms = g.expect(view, 0, c.axis)
         dims = list(view.layer.dims)  # 1-based over batch-less axes
         return [Chan(dims.index(c.axis) + 1, atoms)]
