@@ -30,6 +30,7 @@ cell, which is retried once with oneDNN off); training batches are always full.
     nice -n 10 python benchmarks/accuracy.py              # everything, scratch output
     nice -n 10 python benchmarks/accuracy.py --update     # -> benchmarks/results/accuracy.{json,md}, docs/accuracy.png
     python benchmarks/accuracy.py --report benchmarks/results/accuracy.json --update   # table + plot only
+    nice -n 10 python benchmarks/accuracy.py --first-seed 2 --seeds 1 --merge OLD/accuracy.json  # add a seed
     python benchmarks/accuracy.py --sensitivity docs/sensitivity.png   # the sensitivity plot of the docs
 
 Without `--update` results go to a scratch folder (`--out`, default: a temp dir).
@@ -457,6 +458,8 @@ def main(argv=None):
     p.add_argument("--datasets", default="mnist5k,shapes")
     p.add_argument("--models", default="vgg,resnet")
     p.add_argument("--seeds", type=int)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
+    p.add_argument("--merge", metavar="JSON", help="keep the cells of an earlier accuracy.json (same config)")
     p.add_argument("--methods", help="comma-separated method names (default: all)")
     p.add_argument("--update", action="store_true", help="write benchmarks/results/accuracy.* and docs/accuracy.png")
     p.add_argument("--out", help="output folder without --update (default: a new temp folder)")
@@ -493,16 +496,25 @@ def main(argv=None):
     out = RESULTS if args.update else (args.out or tempfile.mkdtemp(prefix="kerasprune-accuracy-"))
     os.makedirs(out, exist_ok=True)
     command = "python benchmarks/accuracy.py" + "".join(" " + a for a in (argv if argv is not None else sys.argv[1:]))
-    t0, cells = time.perf_counter(), []
+    t0, cells, before = time.perf_counter(), [], 0.0
+    if args.merge:
+        with open(args.merge) as f:
+            earlier = json.load(f)
+        if earlier["config"] != json.loads(json.dumps(cfg)):
+            raise SystemExit(f"--merge: {args.merge} was run with another config: {earlier['config']}")
+        cells, before = list(earlier["cells"]), earlier["minutes"]
+        command = f"{earlier['command']}; {command}"
     with tempfile.TemporaryDirectory() as tmp:
         for ds in datasets:
             for arch in models:
-                for seed in range(seeds):
+                for seed in range(args.first_seed, args.first_seed + seeds):
                     job = dict(dataset=ds, model=arch, seed=seed, config=cfg, methods=methods,
                                out=os.path.join(tmp, f"{ds}-{arch}-{seed}.json"))
+                    done = (ds, arch, seed)
+                    cells = [c for c in cells if (c["dataset"], c["model"], c["seed"]) != done]
                     cells.append(_run_cell_subprocess(job))
                     payload = {"command": command, "backend": keras.backend.backend(), "config": cfg,
-                               "minutes": (time.perf_counter() - t0) / 60, "cells": cells}
+                               "minutes": before + (time.perf_counter() - t0) / 60, "cells": cells}
                     _atomic(os.path.join(out, "accuracy.json"), json.dumps(payload, indent=1))
                     _atomic(os.path.join(out, "accuracy.md"), table(payload))
     png = os.path.join(ROOT, "docs", "accuracy.png") if args.update else os.path.join(out, "accuracy.png")
