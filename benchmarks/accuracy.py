@@ -351,6 +351,17 @@ def table(payload) -> str:
             best = max(by, key=lambda m: statistics.mean(by[m]))
             parts.append(f"{best}: {_ms(by[best], signed=True)}")
         out.append(f"| {ds} / {arch} | {_ms([c['fair'] for c in mine])} | " + " | ".join(parts) + " |")
+    if 0.25 in targets:
+        out.append("")
+        for ds, arch, _, rows in _groups(cells):
+            by = {}
+            for r in rows:
+                if r["target"] == 0.25:
+                    by.setdefault(r["method"], []).append(r["finetuned"] - r["fair"])
+            best = max(by, key=lambda m: statistics.mean(by[m]))
+            gap = 100 * statistics.mean(by[best])
+            out.append(f"At 25% of the MACs on {ds} / {arch} the best method, `{best}`, is {gap:+.1f} points from the "
+                       f"fair unpruned model: {'within' if gap >= -0.5 else 'not within'} 0.5 points.  ")
     for ds, arch, mine, rows in _groups(cells):
         n = len(mine)
         line = (f"Unpruned {_ms([c['unpruned'] for c in mine])}, **fair {_ms([c['fair'] for c in mine])}**, "
