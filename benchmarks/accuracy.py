@@ -394,7 +394,7 @@ def plot(payload, path) -> None:
     for j, (ds, arch, mine, rows) in enumerate(groups):
         fair = 100 * statistics.mean(c["fair"] for c in mine)
         for i, (field, label) in enumerate(panels):
-            ax = axes[i, j]
+            ax, top = axes[i, j], fair
             for method in dict.fromkeys(r["method"] for r in rows):
                 pts = []
                 for t in sorted({r["target"] for r in rows}):
@@ -403,7 +403,9 @@ def plot(payload, path) -> None:
                     pts.append((100 * macs, statistics.mean(acc), statistics.stdev(acc) if len(acc) > 1 else 0.0))
                 x, y, e = (np.array(v) for v in zip(*pts))
                 style = "--" if "iterative" in method else (":" if "+kd" in method else "-")
-                ax.errorbar(x, y, yerr=e, fmt=style, marker="o", ms=3, capsize=2, lw=1.2, label=method)
+                color = f"C{[m[0] for m in METHODS].index(method) % 10}"  # the same colour in every panel
+                ax.errorbar(x, y, yerr=e, fmt=style, color=color, marker="o", ms=3, capsize=2, lw=1.2, label=method)
+                top = max(top, float(np.max(y)))
             ax.axhline(fair, color="black", lw=0.8, ls="-.", label="unpruned (fair)")
             ax.set_xscale("log")
             ax.set_xticks([5, 10, 25, 50, 100], ["5", "10", "25", "50", "100"])
@@ -411,9 +413,9 @@ def plot(payload, path) -> None:
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"{ds} / {arch}: {label}", fontsize=9)
             if i == 0:
-                ax.set_ylim(max(0.0, fair - 30), min(100.0, fair + 3))
+                ax.set_ylim(max(0.0, fair - 30), min(100.0, top + 2))
+                ax.legend(fontsize=7, loc="lower right")
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, format="png", dpi=90)

@@ -24,11 +24,11 @@ Which weights form `v_c` (`penalize`):
 
 Which channels (`ratio`):
 
-- `None`: every channel (plain group lasso). Caveat, measured in
-  `docs/accuracy.md`: when a BatchNormalization follows every penalized layer,
-  the loss does not resist shrinking *all* gammas of a layer together (the next
-  BatchNormalization undoes the scale), so with an adaptive optimizer such as
-  Adam every channel drifts towards BN's epsilon rather than only the weak ones.
+- `None`: every channel (plain group lasso). Caveat (docs/recovery.md): when
+  a BatchNormalization follows every penalized layer, the loss does not resist
+  shrinking *all* gammas of a layer together (the next BatchNormalization
+  undoes the scale), so with an adaptive optimizer such as Adam every channel
+  drifts towards BN's epsilon rather than only the weak ones.
 - a fraction, or a schedule `epoch -> fraction` (e.g. `PolynomialSchedule`):
   only that share of each group's channels, those with the smallest norms
   (re-chosen at the start of every epoch), is penalized; the others are left
