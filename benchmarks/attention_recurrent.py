@@ -22,14 +22,15 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers as L  # noqa: E402
+from output import add_update_flag, results_dir  # noqa: E402
 
 import kerasprune as kp  # noqa: E402
 from kerasprune.io import write_text  # noqa: E402
@@ -161,16 +162,13 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--update", action="store_true", help="write benchmarks/results/attention_recurrent.*")
+    add_update_flag(ap)
     args = ap.parse_args()
     rows = [measure(build, args.repeat) for build in MODELS]
     md = table(rows)
     print(md)
     print(json.dumps(rows, indent=1))
-    if args.update:
-        out = ROOT / "benchmarks" / "results" / "attention_recurrent"
-    else:
-        out = Path(tempfile.mkdtemp(prefix="kerasprune_attention_")) / "attention_recurrent"
+    out = results_dir(args.update) / "attention_recurrent"
     record = {"backend": keras.backend.backend(), "keras": keras.__version__, "cpus": os.cpu_count(), "rows": rows}
     write_text(json.dumps(record, indent=1), out.with_suffix(".json"))
     write_text(md + "\n", out.with_suffix(".md"))

@@ -33,7 +33,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,8 +47,8 @@ THREADS = {
 os.environ.update(THREADS)  # before TensorFlow starts, here and (inherited) in the workers
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
+from output import add_update_flag, announce, results_dir, write_atomic  # noqa: E402
 
 
 def build(val: int):
@@ -206,15 +205,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--val", type=int, default=1024, help="validation samples per evaluation")
     ap.add_argument("--ratios", type=float, nargs="*", default=[0.25, 0.5, 0.75])
-    ap.add_argument("--update", action="store_true", help="write benchmarks/results/cluster.{json,md}")
+    add_update_flag(ap)
     args = ap.parse_args()
     data = run(args)
-    out = RESULTS if args.update else Path(tempfile.gettempdir()) / "kerasprune-bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cluster.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "cluster.md").write_text(markdown(data))
+    out = results_dir(args.update)
+    write_atomic(out / "cluster.json", json.dumps(data, indent=1) + "\n")
+    write_atomic(out / "cluster.md", markdown(data))
     print(markdown(data))
-    print(f"written to {out}/cluster.{{json,md}}")
+    announce(out)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ model with the masked original. Where the model has prunable approximate groups
 reports how far the smaller model drifts from the masked original.
 
 Each backend runs in its own subprocess (the Keras backend is fixed per
-process). Results go to `benchmarks/results/coverage.json` and `coverage.md`.
+process). Results go to `coverage.json` and `coverage.md` in a scratch folder, or in
+`benchmarks/results/` with `--update` (see output.py).
 
 Usage:
     python benchmarks/coverage.py                      # TF: all 40; JAX, torch: subset
     python benchmarks/coverage.py --backends tensorflow --models ResNet50 VGG16
     python benchmarks/coverage.py --merge-only         # rebuild the report from parts
+    python benchmarks/coverage.py --update             # ... into benchmarks/results/
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import time
 import traceback
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import add_update_flag, announce, results_dir  # noqa: E402
+
 TOL = 1e-4
 TOL_F64 = 1e-9
 
@@ -426,15 +430,15 @@ def render_support(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merge() -> list[dict]:
+def merge(folder: Path) -> list[dict]:
     rows = []
     for backend in BACKENDS:
-        part = RESULTS / f"coverage_{backend}.json"
+        part = folder / f"coverage_{backend}.json"
         if part.exists():
             rows += json.loads(part.read_text())
-    _write_atomic(RESULTS / "coverage.json", json.dumps(rows, indent=1))
+    _write_atomic(folder / "coverage.json", json.dumps(rows, indent=1))
     _write_atomic(
-        RESULTS / "coverage.md",
+        folder / "coverage.md",
         render(rows) + "\n## Support table (for the README)\n\n" + render_support(rows),
     )
     return rows
@@ -446,20 +450,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", help="architectures (default: all on TF, the subset elsewhere)")
     p.add_argument("--merge-only", action="store_true", help="only rebuild coverage.md/json from parts")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    add_update_flag(p)
     args = p.parse_args(argv)
+    folder = results_dir(args.update)
     if args.worker:
         models = args.models or (list(ARCHITECTURES) if args.worker == "tensorflow" else SUBSET)
-        run_backend(models, RESULTS / f"coverage_{args.worker}.json")
+        run_backend(models, folder / f"coverage_{args.worker}.json")
         return 0
     if not args.merge_only:
         for backend in args.backends:
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            cmd = [sys.executable, __file__, "--worker", backend]
+            cmd = [sys.executable, __file__, "--worker", backend] + (["--update"] if args.update else [])
             if args.models:
                 cmd += ["--models", *args.models]
             print(f"== {backend}", flush=True)
             subprocess.run(cmd, env=env, check=False)
-    rows = merge()
+    rows = merge(folder)
+    announce(folder)
     failed = [f"{r['model']}/{r['backend']}" for r in rows if r["status"] == "FAIL"]
     print(f"{len(rows) - len(failed)} of {len(rows)} pass" + (f"; failing: {failed}" if failed else ""))
     return 1 if failed else 0

@@ -36,7 +36,9 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from output import add_update_flag, results_dir  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "tests"))
 TOL = 1e-4
 
@@ -251,10 +253,10 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=list(hub_models.BUILDERS))
-    parser.add_argument("--update", action="store_true", help="write benchmarks/results/coverage_hub.{json,md}")
+    add_update_flag(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a scratch folder)")
     args = parser.parse_args(argv)
-    out = RESULTS if args.update else (args.out or Path(tempfile.mkdtemp(prefix="coverage_hub_")))
+    out = args.out if args.out is not None and not args.update else results_dir(args.update)
     rows = []
     for name in args.models:
         row = check(name)

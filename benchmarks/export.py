@@ -10,7 +10,7 @@ batch-1 call (after warm-up). Keras eager latency is recorded too.
 Usage:
     python benchmarks/export.py [--runs 200]
 
-Writes benchmarks/results/export.json and export.md.
+Writes export.json and export.md to a scratch folder, or to benchmarks/results/ with `--update`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import kerasprune as kp  # noqa: E402
 from kerasprune import export  # noqa: E402
 from kerasprune.testing import randomize_batchnorm, randomize_weights  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from output import add_update_flag, announce, results_dir  # noqa: E402
 
 
 def build_cnn() -> keras.Model:
@@ -74,7 +75,9 @@ def _lat(fn, x, runs: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
+    add_update_flag(ap)
     args = ap.parse_args(argv)
+    folder = results_dir(args.update)
 
     model = build_cnn()
     selection = kp.select(model, "l1", ratio=0.5)
@@ -120,8 +123,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "command": f"python benchmarks/export.py --runs {args.runs}",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "export.json").write_text(json.dumps(result, indent=2) + "\n")
     by = {(r["model"], r["format"]): r for r in rows}
     lines = [
         "# Deployment: exported size and latency, original vs pruned",
@@ -143,8 +145,9 @@ def main(argv=None) -> int:
             f"| {a['latency_min_ms'] / b['latency_min_ms']:.2f}x | {b['max_abs_diff_vs_keras']:.2e} |"
         )
     lines += ["", f"Parameters: {model.count_params():,} -> {pruned.count_params():,}."]
-    (RESULTS / "export.md").write_text("\n".join(lines) + "\n")
+    (folder / "export.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    announce(folder)
     return 0
 
 

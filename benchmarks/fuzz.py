@@ -16,7 +16,7 @@ worker goes on with the next seed.
 Usage:
     python benchmarks/fuzz.py --models 2000 [--start 0] [--shards 2]
 
-Writes benchmarks/results/fuzz.json and fuzz.md.
+Writes fuzz.json and fuzz.md to a scratch folder, or to benchmarks/results/ with `--update`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ from strategies import (  # noqa: E402
     draw_selection,
 )
 
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from output import add_update_flag, announce, results_dir  # noqa: E402
+
+RESULTS = results_dir(False)  # main() switches to benchmarks/results/ with --update
 
 
 def run_one(seed: int) -> dict:
@@ -226,8 +229,11 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", type=int, default=1, help="split the seeds over N processes")
     ap.add_argument("--shard", type=int, default=None, help="run only shard K (0-based) of --shards")
     ap.add_argument("--merge-only", action="store_true", help="merge the shards' progress files written so far")
+    add_update_flag(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # start:stop:step, run by the supervisor
     args = ap.parse_args(argv)
+    global RESULTS
+    RESULTS = results_dir(args.update)
     command = f"python benchmarks/fuzz.py --models {args.models} --start {args.start} --shards {args.shards}"
     if args.merge_only:
         files = sorted(RESULTS.glob("fuzz.shard*.json"))
@@ -246,6 +252,7 @@ def main(argv=None) -> int:
         for k in range(args.shards):
             (RESULTS / f"fuzz.shard{k}.json").unlink()
         print(f"{state['done']} models, {len(state['failures'])} failures")
+        announce(RESULTS)
         return 1 if any(codes) or state["failures"] else 0
 
     if args.worker:
@@ -274,6 +281,7 @@ def main(argv=None) -> int:
     if args.shards > 1:
         return 0
     print(f"{state['done']} models, {len(state['failures'])} failures, {state['wall_s']:.0f} s")
+    announce(RESULTS)
     return 1 if state["failures"] else 0
 
 

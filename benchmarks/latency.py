@@ -18,7 +18,7 @@ on each backend; optionally the LiteRT (TFLite) export of the same models,
 converted with `tf.lite.TFLiteConverter` and run by `tf.lite.Interpreter`.
 
 Each backend runs in its own process (the Keras backend is fixed per process).
-Rows are merged into `benchmarks/results/latency.json` (keyed by backend, path,
+Rows are merged into `latency.json` (scratch folder; `benchmarks/results/` with `--update`) (keyed by backend, path,
 model, round_to, batch) and the whole table is rewritten to `latency.md`.
 
 Usage:
@@ -43,7 +43,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from output import add_update_flag, announce, results_dir  # noqa: E402
+
 MODELS = ["ResNet50", "MobileNetV2", "DenseNet121"]
 #: The strongest PyTorch peer on a 2-core CPU (issue 7): (MAC reduction, speed-up b16, b1).
 PEER = {"ResNet50": (3.86, 3.71, 2.40), "MobileNetV2": (3.44, 2.62, 1.44), "DenseNet121": (3.78, 3.51, 1.83)}
@@ -305,14 +307,15 @@ def main() -> None:
     ap.add_argument("--tflite-only", action="store_true")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per backend process")
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    add_update_flag(ap)
     args = ap.parse_args()
     if args.child_out:
         child(args)
         return
-    sys.path.insert(0, str(HERE))
     from surgery import write_results
 
-    path = RESULTS / "latency.json"
+    folder = results_dir(args.update)
+    path = folder / "latency.json"
     data = json.loads(path.read_text()) if path.exists() else {"runs": [], "rows": []}
     for backend in args.backends:
         fd, tmp = tempfile.mkstemp(suffix=".json")
@@ -339,8 +342,9 @@ def main() -> None:
             for run in data["runs"]
             if any(tuple(k) in {_key(r) for r in data["rows"]} for k in run["rows"])
         ]
-        write_results("latency", data, markdown(data))
+        write_results("latency", data, markdown(data), folder)
     print(markdown(data))
+    announce(folder)
 
 
 if __name__ == "__main__":

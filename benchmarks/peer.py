@@ -51,7 +51,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from output import add_update_flag, results_dir  # noqa: E402
+
 #: keras.applications name -> (torchvision constructor, attribute path of its classifier)
 MODELS = {
     "ResNet50": ("resnet50", "fc"),
@@ -420,7 +422,7 @@ def main() -> int:
                     help="threads for every engine (default: every core; on a loaded machine, 1 keeps "
                     "PyTorch's OpenMP barriers from stalling)")
     ap.add_argument("--pause", type=float, default=0.01, help="seconds between calls (lets idle pools sleep)")
-    ap.add_argument("--update", action="store_true", help="write benchmarks/results/peer.{json,md}")
+    add_update_flag(ap)
     ap.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "kerasprune-peer")
     ap.add_argument("--worker", choices=["keras", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -451,8 +453,7 @@ def main() -> int:
     conditions["versions"] = {**first["keras"]["versions"], **first["torch"]["versions"]}
     data = {"conditions": conditions, "models": models}
     text = markdown(data)
-    folder = RESULTS if args.update else args.scratch
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = results_dir(args.update)
     for suffix, body in ((".json", json.dumps(data, indent=2)), (".md", text)):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".peer", suffix=suffix)
         with os.fdopen(fd, "w") as f:

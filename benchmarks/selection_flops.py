@@ -4,16 +4,16 @@ For VGG16, ResNet50 and MobileNetV2 (`weights=None`, 224x224): `count_flops` aga
 the published figures, then `select(model, "l1", target_flops=0.5)` timed, with the
 achieved ratio counted on the rebuilt model.
 
-    python benchmarks/selection_flops.py
-
-Results: benchmarks/results/selection_flops.json
+    python benchmarks/selection_flops.py            # results to a scratch folder (printed)
+    python benchmarks/selection_flops.py --update   # benchmarks/results/selection_flops.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import tempfile
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -22,10 +22,16 @@ import keras  # noqa: E402
 
 import kerasprune as kp  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from output import add_update_flag, announce, results_dir, write_atomic  # noqa: E402
+
 PUBLISHED_GMACS = {"VGG16": 15.5, "ResNet50": 3.9, "MobileNetV2": 0.30}
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_update_flag(ap)
+    args = ap.parse_args()
     rows = []
     for name, published in PUBLISHED_GMACS.items():
         t0 = time.perf_counter()
@@ -54,12 +60,9 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]))
         keras.backend.clear_session()
-    out = os.path.join(os.path.dirname(__file__), "results", "selection_flops.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(tmp, out)
+    folder = results_dir(args.update)
+    write_atomic(folder / "selection_flops.json", json.dumps(rows, indent=1))
+    announce(folder)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ Also measured:
   plain `clone_model` adds beyond its own weights. Python allocations (NumPy
   included) are also traced with `tracemalloc`.
 
-Results go to `benchmarks/results/surgery.json` and `surgery.md`.
+Results go to `surgery.json` and `surgery.md` in a scratch folder, or in `benchmarks/results/`
+with `--update` (see output.py).
 
 Usage:
     python benchmarks/surgery.py                 # everything (~5 min on 2 busy cores)
@@ -37,7 +38,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tracemalloc
@@ -51,7 +51,9 @@ import numpy as np  # noqa: E402
 import kerasprune as kp  # noqa: E402
 from kerasprune.testing import copy_model  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import RESULTS, add_update_flag, announce, results_dir, write_atomic  # noqa: E402
+
 MODELS = ["ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"]
 SCALING = ["ResNet50", "ResNet101", "ResNet152"]
 BIG = ["EfficientNetB7", "ConvNeXtXLarge", "NASNetLarge"]
@@ -110,15 +112,11 @@ def weight_bytes(model) -> int:
     return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.weights))
 
 
-def write_results(stem: str, data: dict, markdown: str) -> None:
-    """Write `<stem>.json` and `<stem>.md` under benchmarks/results atomically."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(stem: str, data: dict, markdown: str, folder: Path | None = None) -> None:
+    """Write `<stem>.json` and `<stem>.md` atomically into `folder` (default: the scratch folder)."""
+    folder = folder or results_dir(False)
     for suffix, text in ((".json", json.dumps(data, indent=2, default=_jsonable)), (".md", markdown)):
-        fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{stem}", suffix=suffix)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, RESULTS / f"{stem}{suffix}")
+        write_atomic(folder / f"{stem}{suffix}", text)
 
 
 def _jsonable(o):
@@ -409,23 +407,27 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="rerun only the memory rows (others kept)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    add_update_flag(ap)
     args = ap.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))
         return
+    folder = results_dir(args.update)
     data: dict = {"conditions": conditions(), "models": [], "scaling": [], "big": [], "memory": []}
     if args.memory_only:
-        data = json.loads((RESULTS / "surgery.json").read_text())
+        previous = folder / "surgery.json" if (folder / "surgery.json").exists() else RESULTS / "surgery.json"
+        data = json.loads(previous.read_text())
         data["memory"] = bench_memory(args.models)
         data["memory_command"] = conditions()["command"]
         data["loadavg_end"] = os.getloadavg()
-        write_results("surgery", data, markdown(data))
+        write_results("surgery", data, markdown(data), folder)
         print(markdown(data))
+        announce(folder)
         return
 
     def save():
         data["loadavg_end"] = os.getloadavg()
-        write_results("surgery", data, markdown(data))
+        write_results("surgery", data, markdown(data), folder)
 
     for name in args.models:
         row = bench_model(name, args.rounds)
@@ -444,6 +446,7 @@ def main() -> None:
         data["memory"] = bench_memory(args.models)
         save()
     print(markdown(data))
+    announce(folder)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,14 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from output import add_update_flag, results_dir  # noqa: E402
+
 CRASH_WIDTHS = (11, 14, 15, 27, 16, 30)
 ALIGNED_WIDTHS = (16, 16, 16, 32, 32, 32)
 
@@ -559,14 +560,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=22)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each repro case")
-    ap.add_argument("--update", action="store_true", help="write benchmarks/results/training_crash.{json,md}")
+    add_update_flag(ap)
     args = ap.parse_args(argv)
     if args.child:
         result = _child(json.loads(args.child))
         print("RESULT " + json.dumps(result), flush=True)
         return 0
-    out = RESULTS if args.update else Path(tempfile.gettempdir()) / "kerasprune-bench"
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args.update)
     path = out / "training_crash.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     command = "python benchmarks/training_crash.py " + " ".join(argv if argv is not None else sys.argv[1:])

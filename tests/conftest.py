@@ -31,3 +31,9 @@ def assert_removal_equals_masking(model, selection, x=None, tol=TOL):
 def _clear_session():
     yield
     keras.backend.clear_session()
+
+
+
+def pytest_configure(config):
+    # Tests marked `isolated` (they train or export) run in a child process: tests/isolation.py.
+    config.pluginmanager.import_plugin("isolation")

@@ -76,7 +76,7 @@ def test_prune_explicit_filters(model_file, tmp_path, capsys):
     out_file = tmp_path / "pruned.keras"
     code, out, err = cli(
         capsys, "prune", model_file, "-o", out_file, "--layer", "c3", "--filters", "4,7",
-        "--layer", "c2", "--filters", "-8", "--verify", "--runs", "2",
+        "--layer", "c2", "--filters", "-8", "--verify", "--runs", "10",
     )
     assert code == 0, err
     assert sha(model_file) == digest
@@ -114,7 +114,7 @@ def test_criterion_plan_plots_report_then_mask_from_plan(model_file, tmp_path, c
     pruned_file, plan, plots, rep = (tmp_path / n for n in ("p.keras", "plan.json", "plots", "report.json"))
     code, out, err = cli(
         capsys, "prune", model_file, "-o", pruned_file, "--criterion", "l1", "--ratio", "0.5", "--global",
-        "--save-plan", plan, "--plots", plots, "--report", rep, "--runs", "2",
+        "--save-plan", plan, "--plots", plots, "--report", rep, "--runs", "10",
     )
     assert code == 0, err
     selection = Selection.load(plan)
@@ -232,7 +232,7 @@ def test_report_command(model_file, tmp_path, capsys):
     y = np.arange(12) % 4
     np.savez(tmp_path / "d.npz", x=x, y=y)
     out_json = tmp_path / "cmp.json"
-    code, out, err = cli(capsys, "report", model_file, small, "--data", tmp_path / "d.npz", "--json", out_json, "--runs", "2")
+    code, out, err = cli(capsys, "report", model_file, small, "--data", tmp_path / "d.npz", "--json", out_json, "--runs", "10")
     assert code == 0, err
     assert "accuracy" in out and "latency" in out
     doc = json.loads(out_json.read_text())
@@ -247,7 +247,7 @@ def test_module_entry_point_output_loads_in_plain_keras(model_file, tmp_path, mo
     """`python -m kerasprune prune ...`; its output loads in a fresh process without kerasprune."""
     out_file = tmp_path / "pruned.keras"
     argv = ["kerasprune", "prune", str(model_file), "-o", str(out_file), "--layer", "c1", "--filters", "2,5",
-            "--layer", "c3", "--filters", "0", "--runs", "1"]
+            "--layer", "c3", "--filters", "0", "--runs", "10"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("kerasprune", run_name="__main__")

@@ -16,6 +16,7 @@ from keras import layers as L
 
 import kerasprune as kp
 from kerasprune import parallel
+from kerasprune.errors import PruningError
 from kerasprune.sensitivity import _setup_worker, _shared
 from kerasprune.testing import randomize_weights
 
@@ -169,8 +170,14 @@ def test_n_jobs_is_ignored_with_a_cluster_and_says_so(dask_client, caplog):
 
 
 def test_scan_on_ray_equals_serial(serial):
-    ray = pytest.importorskip("ray")  # optional engine: the `cluster` extra
+    """Ray is optional (the `cluster` extra): without it, asking for it is a clear error."""
     model, expected = serial
+    try:
+        import ray
+    except ImportError:
+        with pytest.raises(PruningError, match=r"install the engine: pip install \"kerasprune\[cluster\]\""):
+            kp.sensitivity(model, mean_output, ratios=RATIOS, channelwise=["lam"], backend="ray", progress=False)
+        return
     here = os.path.dirname(__file__)  # Ray's workers import this module's metric by name
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})

@@ -7,9 +7,12 @@ import json
 import keras
 import matplotlib.image as mpimg
 import numpy as np
+import pytest
 
 from kerasprune import demo
 from kerasprune.cli import main
+
+pytestmark = pytest.mark.isolated  # trains: a native crash must fail the test, not the run
 
 
 def test_demo_model_has_the_promised_topology():

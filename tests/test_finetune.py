@@ -7,6 +7,8 @@ import pytest
 import kerasprune as kp
 from models import two_conv_classifier
 
+pytestmark = pytest.mark.isolated  # trains: a native crash must fail the test, not the run
+
 
 def _data():
     rng = np.random.default_rng(0)

@@ -106,3 +106,15 @@ def test_cost_model_matches_rebuilt_model():
         pruned = kp.remove_filters(m, sel, graph=graph)
         assert cost.flops(removed) == kp.count_flops(pruned)
         assert cost.params(removed) == kp.count_params(pruned)
+
+
+def test_einsum_dense_with_an_unknown_output_axis_is_counted_and_so_are_its_consumers():
+    """`EinsumDense(output_shape=(None, d))` leaves the sequence axis unknown in Keras's symbolic
+    shapes although the input fixes it; MACs come from the concrete shapes."""
+    inputs = keras.Input((6, 8))
+    x = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 16), bias_axes="d", name="ed")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="d2")(x))
+    assert model.get_layer("ed").output.shape[1] is None
+    assert kp.flops_by_layer(model) == {"ed": 6 * 8 * 16, "d2": 6 * 16 * 4}
+    sel = kp.select(model, "l1", target_flops=0.5)
+    assert sel.flops_after == kp.count_flops(kp.remove_filters(model, sel)) <= 0.5 * kp.count_flops(model)

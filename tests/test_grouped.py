@@ -96,6 +96,7 @@ def test_group_normalization_loses_channels_group_wise():
         kp.remove_filters(model, {"c": [0]})
 
 
+@pytest.mark.isolated  # trains
 def test_soft_pruning_masks_balanced_groups():
     model = resnext_block()
     pruning = kp.SoftPruning("l1", ratio=0.5)

@@ -140,6 +140,7 @@ def test_plots_are_valid_pngs(tmp_path):
     assert_png(no_scores["overview"])
 
 
+@pytest.mark.isolated  # trains
 def test_file_size_row_flags_optimizer_state(tmp_path):
     """A trained .keras file also stores optimizer variables; the table says so instead of
     crediting pruning with the size difference."""

@@ -9,6 +9,8 @@ from kerasprune.soft import PolynomialSchedule
 from kerasprune.testing import max_output_difference
 from models import two_conv_classifier
 
+pytestmark = pytest.mark.isolated  # trains: a native crash must fail the test, not the run
+
 
 def _model():
     model = two_conv_classifier(channels=3, classes=3, softmax=False, bn_seed=1)

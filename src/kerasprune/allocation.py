@@ -231,6 +231,12 @@ def select(
     removed = planner.removal(n_remove)
     plan = Plan.from_groups(graph, {gid: chans for gid, chans in removed.items() if len(chans)})
     warnings = planner.overrides(n_remove, removed)
+    if "ratio" in modes and modes["ratio"] > 0 and eligible and not any(n_remove.values()):
+        largest = max(planner.total if scope == "global" else g.size for g in eligible)
+        warnings.append(
+            f"ratio={modes['ratio']:g} removes no filters: it rounds down to 0 of "
+            f"{largest} channels{' in all' if scope == 'global' else ' even in the largest group'}"
+        )
     flat = plan.flat_removed()
     for name, before, after in (
         ("target_flops", cost.flops_before, cost.flops(flat)),

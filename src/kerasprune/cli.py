@@ -1,39 +1,55 @@
-"""The `kerasprune` command line: inspect, prune, report, export, demo.
+"""The `kerasprune` command line: inspect, prune, finetune, report, export, demo.
 
 Exit codes: 0 success; 1 usage or validation error (a one-line message, no
 traceback unless `--debug`); 2 internal error. Results go to stdout as rich
-tables; progress and errors go to stderr.
+tables; progress, warnings and errors go to stderr.
+
+Layout: one function per command, each thin — options, then calls into `kerasprune._cli`
+(`options`: shared options and help rendering; `loading`: `--import`, models, data, output
+checks; `pruning`: choosing and applying filters, the JSON report; `training`: compiling for
+`finetune`; `render`: what is printed; `console`: consoles, logging, quiet start; `words`:
+library messages in CLI words), and `main`, the entry point. Nothing here imports Keras at
+import time: `kerasprune --help` starts without a backend. To add a command: a function with
+`@app.command(cls=Command)` whose first line is `setup(debug)`; to add an option shared by
+several commands: an alias in `_cli/options.py`.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import typer
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+from kerasprune._cli import loading, pruning, render, training
+from kerasprune._cli.console import CliError, absorbed, out, run, setup, steps, warn
+from kerasprune._cli.options import (
+    DATA,
+    MEASURE,
+    OUTPUT,
+    BatchSize,
+    Channelwise,
+    Command,
+    Criterion,
+    Data,
+    Debug,
+    Force,
+    Group,
+    Imports,
+    Loss,
+    Model,
+    Plots,
+    Runs,
+    Unsafe,
+    XKey,
+    YKey,
+    check_runs,
+    command,
+)
 
-import numpy as np  # noqa: E402
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-try:  # typer >= 0.22 vendors click
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # pragma: no cover - older typer with click installed
-    from click.exceptions import ClickException, NoArgsIsHelpError
-
-from kerasprune.errors import PruningError  # noqa: E402
-
-log = logging.getLogger(__name__)
+TARGET_SLACK = 0.03  # as kerasprune.allocation.TARGET_SLACK (not imported: it loads Keras)
 
 app = typer.Typer(
     name="kerasprune",
@@ -41,329 +57,333 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 
 
-class CliError(Exception):
-    """A usage or validation problem found by the CLI itself (exit code 1)."""
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import kerasprune
+
+        try:
+            keras_version = version("keras")
+        except PackageNotFoundError:  # pragma: no cover
+            keras_version = "not installed"
+        typer.echo(f"kerasprune {kerasprune.__version__} (keras {keras_version})")
+        raise typer.Exit()
 
 
-def _out() -> Console:
-    return Console(highlight=False)
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Remove filters from trained Keras 3 models - exactly, on any architecture."""
 
 
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-@contextmanager
-def _steps():
-    """A transient rich progress display on stderr; `step(text)` marks the work under way."""
-    progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=_err(), transient=True
-    )
-    with progress:
-
-        @contextmanager
-        def step(text: str):
-            task = progress.add_task(text, total=None)
-            try:
-                yield
-            finally:
-                progress.remove_task(task)
-
-        yield step
-
-
-def _load(path: Path, unsafe: bool):
-    from kerasprune.io import load_model
-
-    return load_model(path, safe_mode=not unsafe)
-
-
-def _fmt(n: int | None) -> str:
-    return "-" if n is None else f"{n:,}"
+def _model(path: Path, *, imports, unsafe: bool, debug: bool, step, compile: bool = False):
+    loading.import_code(imports, debug=debug)
+    with step(f"Loading {path}"):
+        return loading.load_model(path, unsafe=unsafe, compile=compile)
 
 
 # ---------------------------------------------------------------------------- inspect
-@app.command()
+@app.command(cls=Command)
 def inspect(
-    model: Annotated[Path, typer.Argument(help="Model file (.keras or .h5).")],
-    criterion: Annotated[str, typer.Option(help="Criterion for the filter-score summary.")] = "l1",
-    data: Annotated[Path | None, typer.Option(help=".npz with x and y, for data-driven criteria.")] = None,
-    loss: Annotated[str | None, typer.Option(help="Keras loss name for --criterion taylor.")] = None,
-    unsafe: Annotated[bool, typer.Option("--unsafe", help="Load Lambda layers (runs code from the file).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    model: Model,
+    criterion: Annotated[str, typer.Option(metavar="NAME", help="Criterion for the filter-score summary.")] = "l1",
+    data: Data = None,
+    x_key: XKey = "x",
+    y_key: YKey = "y",
+    loss: Loss = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    imports: Imports = None,
+    channelwise: Channelwise = None,
+    unsafe: Unsafe = False,
+    debug: Debug = False,
 ) -> None:
-    """Layers, coupled channel groups, params and FLOPs, and filter scores of MODEL."""
+    """Layers, coupled channel groups, params and MACs, and filter scores of MODEL."""
+    setup(debug)
+    pruning.check_criterion(criterion, data, loss)
     import kerasprune as kp
-    from kerasprune._keras import weights_of
-    from kerasprune.flops import flops_by_layer
-    from kerasprune.report import load_data
 
-    out = _out()
-    with _steps() as step:
-        with step(f"Loading {model}"):
-            m = _load(model, unsafe)
+    with steps() as step:
+        m = _model(model, imports=imports, unsafe=unsafe, debug=debug, step=step)
+        xy = loading.read_data(data, model=m, x_key=x_key, y_key=y_key) if data is not None else None
         with step("Analyzing channel groups"):
-            graph = kp.analyze(m)
-            macs = flops_by_layer(m)
+            graph = kp.analyze(m, channelwise=channelwise or ())
         with step(f"Scoring filters ({criterion})"):
-            xy = load_data(data) if data is not None else None
-            scores = kp.score(m, criterion, graph=graph, data=_batches(xy) if xy is not None else None, loss=loss)
-    out.print(
-        f"[bold]{escape(m.name)}[/]: {_fmt(kp.count_params(m))} params, {_fmt(kp.count_flops(m))} MACs, "
-        f"{len(graph.groups)} groups ({len(graph.prunable_groups)} prunable)"
-    )
-    layers = Table(title="Layers with weights")
-    for col in ("layer", "class", "filters", "params", "MACs"):
-        layers.add_column(col, justify="left" if col in ("layer", "class") else "right")
-    for key in graph.order:
-        rec = graph.records[key]
-        params = sum(int(np.prod(v.shape)) for v in weights_of(rec.layer))
-        if params or rec.produces is not None:
-            width = "-" if rec.produces is None else str(len(rec.produces))
-            layers.add_row(escape(key), type(rec.layer).__name__, width, _fmt(params), _fmt(macs.get(key)))
-    out.print(layers)
-    groups = Table(title=f"Channel groups (filter scores: {criterion})")
-    for col in ("group", "layers", "size", "prunable", "exact", "score min / median / max", "reason"):
-        groups.add_column(col, justify="right" if col in ("group", "size") else "left", overflow="fold")
-    for g in graph.groups:
-        s = scores.get(g.id)
-        summary = "-" if s is None or not len(s) else f"{s.min():.3g} / {np.median(s):.3g} / {s.max():.3g}"
-        groups.add_row(
-            str(g.id),
-            escape(", ".join(g.layers)),
-            str(g.size),
-            "yes" if g.prunable else "[red]no[/]",
-            "yes" if g.exact else f"[yellow]no[/] ({escape(str(g.approx_reason))})",
-            summary,
-            escape(g.reason or ""),
-        )
-    out.print(groups)
+            scores = kp.score(m, criterion, graph=graph, data=xy, loss=loss)
+        doc = render.inspect_doc(m, graph, criterion, scores)
+    if json_:
+        out().print_json(json.dumps(doc))
+    else:
+        render.print_inspection(doc)
 
 
 # ------------------------------------------------------------------------------ prune
-def _explicit(layers: list[str], filters: list[str]) -> dict[str, list[int]]:
-    if len(layers) != len(filters):
-        raise CliError(
-            f"--layer and --filters come in pairs (e.g. --layer conv2d_1 --filters 4,7). "
-            f"Received {len(layers)} --layer and {len(filters)} --filters"
-        )
-    out: dict[str, list[int]] = {}
-    for name, text in zip(layers, filters):
-        if name in out:
-            raise CliError(f"--layer {name} is given twice; list all its filters in one --filters")
-        try:
-            out[name] = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
-        except ValueError:
-            raise CliError(f"--filters for layer '{name}' must be comma-separated integers. Received: {text!r}") from None
-    return out
-
-
-def _check_output(path: Path | None, source: Path, force: bool, what: str) -> None:
-    from kerasprune.io import same_file
-
-    if path is None:
-        return
-    if same_file(path, source):
-        raise CliError(f"Refusing to write the {what} onto the input file {source}, even with --force")
-    if path.exists() and not force:
-        raise CliError(f"{what.capitalize()} {path} already exists; pass --force to replace it")
-
-
-def _batches(data, size: int = 64):
-    x, y = data
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
-
-
-@app.command()
+@app.command(cls=command(required=("output",)))
 def prune(
-    model: Annotated[Path, typer.Argument(help="Model file (.keras or .h5).")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Pruned model to write (.keras).")] = None,
-    layer: Annotated[list[str] | None, typer.Option("--layer", help="Layer to remove filters from (repeatable).")] = None,
-    filters: Annotated[list[str] | None, typer.Option("--filters", help="Indices for the preceding --layer, e.g. 4,7.")] = None,
-    criterion: Annotated[str | None, typer.Option(help="Importance criterion: l1, l2, mean, bn_gamma, fpgm, zero, random, apoz, mean_activation, taylor.")] = None,
+    model: Model,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", metavar="OUT.keras", help="Pruned model to write (not needed with --dry-run)."),
+    ] = None,
+    layer: Annotated[list[str] | None, typer.Option("--layer", metavar="NAME", help="Layer to remove filters from (repeatable).")] = None,
+    filters: Annotated[list[str] | None, typer.Option("--filters", metavar="INDICES", help="Filters of the preceding --layer: 4,7 or ranges 0-31,40.")] = None,
+    criterion: Criterion = None,
     ratio: Annotated[float | None, typer.Option(help="Fraction of each group's filters to remove.")] = None,
     count: Annotated[int | None, typer.Option(help="Number of filters to remove per group.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Remove filters whose score is below this.")] = None,
     global_: Annotated[bool, typer.Option("--global", help="Rank normalized scores across groups.")] = False,
-    round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of N.")] = None,
-    min_keep: Annotated[int, typer.Option(help="Never keep fewer than N channels in a group.")] = 1,
-    include: Annotated[list[str] | None, typer.Option(help="Only prune these layers (name or regex).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Never prune these layers (name or regex).")] = None,
+    round_to: Annotated[int | None, typer.Option(metavar="N", help="Keep channel counts multiples of N.")] = None,
+    min_keep: Annotated[int, typer.Option(metavar="N", help="Never keep fewer than N channels in a group.")] = 1,
+    include: Annotated[list[str] | None, typer.Option(metavar="REGEX", help="Only prune these layers (name or regex).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(metavar="REGEX", help="Never prune these layers (name or regex).")] = None,
     target_flops: Annotated[float | None, typer.Option(help="Fraction of the MACs to keep, e.g. 0.5.")] = None,
     target_params: Annotated[float | None, typer.Option(help="Fraction of the parameters to keep.")] = None,
-    plan: Annotated[Path | None, typer.Option(help="Apply a saved plan (JSON from --save-plan).")] = None,
-    save_plan: Annotated[Path | None, typer.Option(help="Write the selection as JSON.")] = None,
-    data: Annotated[Path | None, typer.Option(help=".npz with x and y: data-driven criteria and accuracy.")] = None,
-    loss: Annotated[str | None, typer.Option(help="Keras loss name for --criterion taylor.")] = None,
+    selection: Annotated[Path | None, typer.Option("--selection", metavar="FILE", help="Apply a saved selection (JSON from --save-selection).")] = None,
+    save_selection: Annotated[Path | None, typer.Option("--save-selection", metavar="FILE", rich_help_panel=OUTPUT, help="Write the selection as JSON.")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", hidden=True)] = None,
+    save_plan: Annotated[Path | None, typer.Option("--save-plan", hidden=True)] = None,
+    data: Data = None,
+    x_key: XKey = "x",
+    y_key: YKey = "y",
+    batch_size: BatchSize = 32,
+    loss: Loss = None,
     mask: Annotated[bool, typer.Option("--mask", help="Keep the architecture; zero the filters instead.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing else.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the selection; write nothing else.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Check removed == masked on random input.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing output files (never the input).")] = False,
-    plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write a JSON report here.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed batches for the latency measurement (0: skip).")] = 20,
-    unsafe: Annotated[bool, typer.Option("--unsafe", help="Load Lambda layers (runs code from the file).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    force: Force = False,
+    plots: Plots = None,
+    report: Annotated[Path | None, typer.Option(metavar="FILE", rich_help_panel=OUTPUT, help="Write a JSON report here.")] = None,
+    runs: Runs = 20,
+    imports: Imports = None,
+    channelwise: Channelwise = None,
+    unsafe: Unsafe = False,
+    debug: Debug = False,
 ) -> None:
-    """Remove filters from MODEL and write the smaller model to OUT.
+    """Remove filters from MODEL and write the smaller model to OUT.keras.
 
     Choose the filters one way: explicitly (--layer NAME --filters 4,7), by a
     criterion (--criterion l1 --ratio 0.3, --target-flops 0.5, ...), or from a
-    saved plan (--plan plan.json).
+    saved selection (--selection selection.json).
     """
-    import kerasprune as kp
-    from kerasprune.io import save_model, write_text
-    from kerasprune.report import channel_counts, compare, load_data, stage_breakdown
-    from kerasprune.selection import Selection
-    from kerasprune.testing import copy_model, max_output_difference, random_input
-
-    by_criterion = any(v is not None for v in (criterion, ratio, count, threshold, target_flops, target_params))
-    modes = [name for name, on in (("--layer/--filters", bool(layer or filters)), ("--criterion", by_criterion), ("--plan", plan is not None)) if on]
-    if len(modes) != 1:
-        raise CliError(
-            "Choose the filters one way: --layer NAME --filters 4,7, --criterion/--ratio/--target-flops, or --plan FILE"
-            + (f" (received {' and '.join(modes)})" if modes else "")
-        )
+    setup(debug)
+    if plan is not None and selection is not None or save_plan is not None and save_selection is not None:
+        raise CliError("--plan and --save-plan are the old names of --selection and --save-selection; give one")
+    how = pruning.How(
+        layers=tuple(layer or ()), filters=tuple(filters or ()), criterion=criterion, ratio=ratio, count=count,
+        threshold=threshold, target_flops=target_flops, target_params=target_params, global_=global_,
+        round_to=round_to, min_keep=min_keep, include=tuple(include or ()), exclude=tuple(exclude or ()),
+        selection_file=selection or plan, loss=loss, batch_size=batch_size,
+    )  # fmt: skip
+    save_selection = save_selection or save_plan
+    if how.way == "criterion":
+        pruning.check_criterion(criterion or "l1", data, loss)
     if output is None and not dry_run:
-        raise CliError("Missing -o/--output OUT.keras (or use --dry-run to only print the plan)")
+        raise CliError("Missing -o/--output OUT.keras (or use --dry-run to only print the selection)")
     if output is not None and output.suffix != ".keras":
         raise CliError(f"Output {output} must end in .keras")
-    for path, what in ((None if dry_run else output, "output"), (save_plan, "plan file"), (report, "report")):
-        _check_output(path, model, force, what)
-    out = _out()
-    with _steps() as step:
-        with step(f"Loading {model}"):
-            m = _load(model, unsafe)
-            xy = load_data(data) if data is not None else None
+    check_runs(runs)
+    outputs = [(None if dry_run else output, "output"), (save_selection, "selection file"), (report, "report")]
+    loading.check_outputs([model], outputs, force)
+    loading.check_plots(None if dry_run else plots, force)
+    import kerasprune as kp
+    from kerasprune.io import save_model, write_text
+
+    with steps() as step:
+        m = _model(model, imports=imports, unsafe=unsafe, debug=debug, step=step)
+        xy = loading.read_data(data, model=m, x_key=x_key, y_key=y_key) if data is not None else None
         with step("Analyzing channel groups"):
-            graph = kp.analyze(m)
+            graph = kp.analyze(m, channelwise=channelwise or ())
         with step("Selecting filters"):
-            if plan is not None:
-                selection = Selection.load(plan)
-            elif by_criterion:
-                selection = kp.select(
-                    m, criterion or "l1", ratio=ratio, count=count, threshold=threshold,
-                    scope="global" if global_ else "local", target_flops=target_flops,
-                    target_params=target_params, round_to=round_to, min_keep=min_keep,
-                    include=include or None, exclude=exclude or None,
-                    data=_batches(xy) if xy is not None else None, loss=loss, graph=graph,
-                )
-            else:
-                selection = Selection(_explicit(layer or [], filters or []))
-            the_plan = kp.make_plan(graph, selection)
-    out.print(selection.table() if selection.groups or selection.skipped else the_plan.summary(), markup=False)
+            chosen = pruning.choose(m, graph, how, xy)
+            the_plan = kp.make_plan(graph, chosen)
+    render.print_selection(chosen)
     if the_plan.is_empty:
-        raise CliError("The selection removes no filters; nothing to do")
-    out.print(f"Layers affected: {', '.join(the_plan.affected_layers)}", markup=False)
-    if save_plan is not None:
-        write_text(selection.to_json(), save_plan, overwrite=force)
-        out.print(f"Plan written to {save_plan}")
+        raise CliError(pruning.why_empty(chosen, how))
+    render.print_affected(the_plan)
+    if save_selection is not None:
+        write_text(chosen.to_json(), save_selection, overwrite=force)
+        out().print(f"Selection written to {save_selection}")
     if dry_run:
         return
-    with _steps() as step:
+    from kerasprune.report import compare
+    from kerasprune.verify import verify_removal
+
+    with steps() as step:
         with step("Masking" if mask else "Removing filters"):
-            if mask:
-                result = copy_model(m)
-                kp.mask_filters(result, selection)
-            else:
-                result = kp.remove_filters(m, selection, graph=graph)
-        max_error = None
+            result = pruning.apply(m, graph, chosen, mask=mask)
+        check = None
         if verify:
             with step("Verifying removed == masked"):
-                other = kp.remove_filters(m, selection, graph=graph) if mask else copy_model(m)
-                if not mask:
-                    kp.mask_filters(other, selection)
-                max_error = max_output_difference(result, other, random_input(m, batch=4))
-            if the_plan.exact and max_error >= 1e-4:
+                check = verify_removal(m, the_plan, **({"masked": result} if mask else {"pruned": result}))
+            if not check.ok:
                 raise RuntimeError(
-                    f"verification failed: removed and masked models differ by {max_error:.3g}; nothing was written"
+                    f"verification failed: removed and masked models differ by {check.max_error:.3g}; nothing was written"
                 )
         with step(f"Writing {output}"):
             save_model(result, output, overwrite=force, source=model)
-        with step("Measuring params, FLOPs and latency"):
-            comparison = compare(
-                m, result, data=xy, latency=runs > 0, runs=max(runs, 1), before_path=model, after_path=output
-            )
-    if max_error is not None:
-        verdict = "[green]OK[/]" if max_error < 1e-4 else "[yellow]approximate groups: expected[/]"
-        out.print(f"verify: max |removed - masked| = {max_error:.2e} (relative to output scale) {verdict}")
-    out.print(comparison.table(title=escape(f"{'Masked' if mask else 'Pruned'} model written to {output}")))
-    files = {"model": str(output)}
+        with step("Measuring params, MACs" + (" and latency" if runs else "")):
+            comparison = compare(m, result, data=xy, latency=runs > 0, runs=max(runs, 1), before_path=model, after_path=output)
+    if check is not None:
+        render.print_verification(check)
+    render.print_comparison(comparison, f"{'Masked' if mask else 'Pruned'} model written to {output}")
+    render.print_changes(m, result)
+    files = {"model": output}
     if plots is not None:
-        from kerasprune.plots import write_plots
+        from kerasprune.plots import plot_pruning
 
-        with _steps() as step, step("Plotting"):
-            before = channel_counts(m)
-            after = {k: v - len(the_plan.removed_filters(k)) for k, v in before.items()}
-            scores = kp.score(
-                m, criterion or "l1", graph=graph, data=_batches(xy) if xy is not None else None, loss=loss
-            )
-            label = {g.id: g.layers[0] for g in graph.groups}
-            written = write_plots(
-                plots,
-                channels=(before, after),
-                stages=(stage_breakdown(m), stage_breakdown(result)),
-                scores={label[g]: s for g, s in scores.items()},
-                removed={label[g]: idx for g, idx in the_plan.removed.items() if g in label},
-            )
-        files.update({k: str(v) for k, v in written.items()})
-        out.print(f"Plots written to {plots}")
+        with steps() as step, step("Plotting"):
+            scores = kp.score(m, criterion or "l1", graph=graph, data=xy, loss=loss)
+            files.update(plot_pruning(plots, m, result, plan=the_plan, scores=scores, overwrite=force))
+        out().print(f"Plots written to {plots}")
     if report is not None:
-        doc = {
-            "input": str(model),
-            "output": str(output),
-            "mode": "mask" if mask else "remove",
-            "selection": json.loads(selection.to_json()),
-            "affected_layers": list(the_plan.affected_layers),
-            "exact": the_plan.exact,
-            "verify_max_error": max_error,
-            "comparison": comparison.to_dict(),
-            "files": files,
-        }
+        doc = pruning.report_doc(
+            model_path=model, output=output, mask=mask, selection=chosen, plan=the_plan, check=check,
+            comparison=comparison, files=files,
+        )  # fmt: skip
         write_text(json.dumps(doc, indent=2, default=str), report, overwrite=force)
-        out.print(f"Report written to {report}")
+        out().print(f"Report written to {report}")
+
+
+# --------------------------------------------------------------------------- finetune
+@app.command(cls=Command)
+def finetune(
+    model: Model,
+    data: Annotated[Path, typer.Option("--data", metavar="TRAIN.npz", rich_help_panel=DATA, help="Training data: .npz with x and y.")],
+    val: Annotated[Path, typer.Option("--val", metavar="VAL.npz", rich_help_panel=DATA, help="Validation data: .npz with x and y.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="OUT.keras", help="Pruned, fine-tuned model to write.")],
+    criterion: Criterion = None,
+    target_flops: Annotated[float | None, typer.Option(help="Fraction of the MACs to keep in the end, e.g. 0.5.")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Fraction of each group's filters to remove in the end.")] = None,
+    steps_: Annotated[int, typer.Option("--steps", metavar="N", help="Prune / fine-tune rounds.")] = 3,
+    epochs: Annotated[int, typer.Option(metavar="N", help="Fine-tuning epochs after each removal.")] = 1,
+    batch_size: BatchSize = 32,
+    monitor: Annotated[str | None, typer.Option(metavar="NAME", help="Validation metric that picks each step's best epoch (default: val accuracy, else val_loss).")] = None,
+    mode: Annotated[str | None, typer.Option(metavar="max|min", help="Whether a higher or lower --monitor is better.")] = None,
+    loss: Loss = None,
+    optimizer: Annotated[str | None, typer.Option(metavar="NAME", help="Keras optimizer name (default: the file's, else adam).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(metavar="LR", help="Learning rate for fine-tuning.")] = None,
+    metric: Annotated[list[str] | None, typer.Option(metavar="NAME", help="Metric to compile with (repeatable; default: the file's).")] = None,
+    global_: Annotated[bool, typer.Option("--global", help="Rank normalized scores across groups (default with --target-flops).")] = False,
+    round_to: Annotated[int | None, typer.Option(metavar="N", help="Keep channel counts multiples of N.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(metavar="REGEX", help="Never prune these layers (name or regex).")] = None,
+    x_key: XKey = "x",
+    y_key: YKey = "y",
+    report: Annotated[Path | None, typer.Option(metavar="FILE", rich_help_panel=OUTPUT, help="Write the history and comparison as JSON.")] = None,
+    force: Force = False,
+    runs: Runs = 0,
+    imports: Imports = None,
+    channelwise: Channelwise = None,
+    unsafe: Unsafe = False,
+    debug: Debug = False,
+) -> None:
+    """Prune MODEL in --steps rounds towards a target, fine-tuning on --data after each.
+
+    The model is fine-tuned with the loss, optimizer and metrics stored in its file
+    (or --loss/--optimizer/--learning-rate/--metric); each step keeps its best epoch
+    by --monitor on --val.
+    """
+    setup(debug)
+    if (target_flops is None) == (ratio is None):
+        raise CliError("Give one target: --target-flops F (fraction of the MACs to keep) or --ratio R")
+    if output.suffix != ".keras":
+        raise CliError(f"Output {output} must end in .keras")
+    pruning.check_criterion(criterion or "l1", data, loss)
+    check_runs(runs)
+    loading.check_outputs([model, data, val], [(output, "output"), (report, "report")], force)
+    import kerasprune as kp
+    from kerasprune.io import save_model, write_text
+    from kerasprune.report import compare
+
+    with steps() as step:
+        m = _model(model, imports=imports, unsafe=unsafe, debug=debug, step=step, compile=True)
+        train_xy = loading.read_data(data, model=m, x_key=x_key, y_key=y_key, option="--data")
+        val_xy = loading.read_data(val, model=m, x_key=x_key, y_key=y_key, option="--val")
+        training.compiled(m, loss=loss, optimizer=optimizer, learning_rate=learning_rate, metrics=metric, path=model)
+        name, direction = training.pick_monitor(m, val_xy, monitor, mode)
+        with step(f"Pruning in {steps_} steps, fine-tuning {epochs} epoch(s) each"), absorbed("kerasprune.allocation"):
+            # the per-step targets are internal; whether the final one is met is said below
+            options = {"round_to": round_to, "exclude": exclude or None, "batch_size": batch_size}
+            result, history = kp.prune_and_finetune(
+                m, criterion=criterion or "l1", target_flops=target_flops, target_ratio=ratio, steps=steps_,
+                train_data=train_xy, val_data=val_xy, epochs_per_step=epochs, monitor=name, mode=direction,
+                scope="global" if global_ or target_flops is not None else "local", data=train_xy, loss=loss,
+                select_options={k: v for k, v in options.items() if v is not None},
+                fit_options={"batch_size": batch_size}, channelwise=channelwise or (),
+            )  # fmt: skip
+        with step(f"Writing {output}"):
+            save_model(result, output, overwrite=force, source=model)
+        with step("Measuring"):
+            comparison = compare(m, result, data=val_xy, latency=runs > 0, runs=max(runs, 1), before_path=model, after_path=output)
+    out().print(history.table(), markup=False)
+    if target_flops is not None and comparison.flops_ratio < target_flops - TARGET_SLACK:
+        warn(f"--target-flops {target_flops:g} asked for, {comparison.flops_ratio:.1%} of the MACs kept: "
+             "the smallest removal steps that meet it remove more")
+    render.print_comparison(comparison, f"Pruned and fine-tuned model written to {output}")
+    render.print_changes(m, result)
+    if report is not None:
+        doc = {"input": str(model), "output": str(output), "history": history.to_dict(), "comparison": comparison.to_dict()}
+        write_text(json.dumps(doc, indent=2, default=str), report, overwrite=force)
+        out().print(f"Report written to {report}")
 
 
 # ----------------------------------------------------------------------------- report
-@app.command("report")
+@app.command("report", cls=Command)
 def report_cmd(
-    before: Annotated[Path, typer.Argument(help="Original model file.")],
-    after: Annotated[Path, typer.Argument(help="Pruned model file.")],
-    data: Annotated[Path | None, typer.Option(help=".npz with arrays x and y, for accuracy.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON.")] = None,
-    plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed batches for the latency measurement (0: skip).")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Batch size for the latency measurement.")] = 1,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --json file.")] = False,
-    unsafe: Annotated[bool, typer.Option("--unsafe", help="Load Lambda layers (runs code from the file).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    before: Annotated[Path, typer.Argument(metavar="BEFORE", help="Original model file.", show_default=False)],
+    after: Annotated[Path, typer.Argument(metavar="AFTER", help="Pruned model file.", show_default=False)],
+    data: Data = None,
+    x_key: XKey = "x",
+    y_key: YKey = "y",
+    json_out: Annotated[Path | None, typer.Option("--json", metavar="FILE", rich_help_panel=OUTPUT, help="Write the comparison as JSON (- for stdout).")] = None,
+    plots: Plots = None,
+    runs: Runs = 20,
+    batch_size: Annotated[int, typer.Option(metavar="N", rich_help_panel=MEASURE, help="Batch size for the latency measurement.")] = 1,
+    force: Force = False,
+    imports: Imports = None,
+    channelwise: Channelwise = None,
+    unsafe: Unsafe = False,
+    debug: Debug = False,
 ) -> None:
-    """Compare two model files: params, FLOPs, file size, latency, accuracy."""
+    """Compare two model files: params, MACs, file size, latency, accuracy, per-layer changes."""
+    setup(debug)
+    check_runs(runs)
+    to_stdout = json_out is not None and str(json_out) == "-"
+    loading.check_outputs([before, after], [(None if to_stdout else json_out, "report")], force)
+    loading.check_plots(plots, force, scores=False)
     from kerasprune.io import write_text
-    from kerasprune.report import channel_counts, compare, stage_breakdown
+    from kerasprune.report import compare
 
-    for path in (before, after):
-        _check_output(json_out, path, force, "report")
-    with _steps() as step:
+    with steps() as step:
+        loading.import_code(imports, debug=debug)
         with step("Loading models"):
-            a, b = _load(before, unsafe), _load(after, unsafe)
+            a = loading.load_model(before, unsafe=unsafe)
+            b = loading.load_model(after, unsafe=unsafe)
+        xy = loading.read_data(data, model=a, x_key=x_key, y_key=y_key) if data is not None else None
         with step("Measuring"):
             comparison = compare(
-                a, b, data=data, latency=runs > 0, runs=max(runs, 1), batch_size=batch_size,
+                a, b, data=xy, latency=runs > 0, runs=max(runs, 1), batch_size=batch_size,
                 before_path=before, after_path=after,
-            )
-    _out().print(comparison.table(title=escape(f"{before} vs {after}")))
+            )  # fmt: skip
+    if to_stdout:
+        out().print_json(json.dumps(comparison.to_dict()))
+        return
+    render.print_comparison(comparison, f"{before} vs {after}")
+    render.print_changes(a, b)
     if plots is not None:
-        from kerasprune.plots import write_plots
+        from kerasprune.plots import plot_pruning
 
-        write_plots(plots, channels=(channel_counts(a), channel_counts(b)), stages=(stage_breakdown(a), stage_breakdown(b)))
-        _out().print(f"Plots written to {plots}")
+        plot_pruning(plots, a, b, overwrite=force)
+        out().print(f"Plots written to {plots}")
     if json_out is not None:
         write_text(json.dumps(comparison.to_dict(), indent=2), json_out, overwrite=force)
-        _out().print(f"Report written to {json_out}")
+        out().print(f"Report written to {json_out}")
 
 
 # ----------------------------------------------------------------------------- export
@@ -374,28 +394,29 @@ def _layer_count(model) -> int:
     return sum(1 + (_layer_count(la) if hasattr(la, "layers") else 0) for la in model.layers)
 
 
-@app.command("export")
+@app.command("export", cls=Command)
 def export_cmd(
-    model: Annotated[Path, typer.Argument(help="Model file (.keras or .h5).")],
-    to: Annotated[str, typer.Option("--to", help="Format: tflite (LiteRT), onnx or savedmodel.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="File (.tflite, .onnx) or SavedModel folder to write.")],
+    model: Model,
+    to: Annotated[str, typer.Option("--to", metavar="tflite|onnx|savedmodel", help="Format: tflite (LiteRT), onnx or savedmodel.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="PATH", rich_help_panel=OUTPUT, help="File (.tflite, .onnx) or SavedModel folder to write.")],
     fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm and other per-channel affine layers into the convolutions first (exact).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output (never the input).")] = False,
-    unsafe: Annotated[bool, typer.Option("--unsafe", help="Load Lambda layers (runs code from the file).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    force: Force = False,
+    imports: Imports = None,
+    unsafe: Unsafe = False,
+    debug: Debug = False,
 ) -> None:
     """Export MODEL for deployment: a LiteRT (TFLite) flatbuffer, ONNX, or a TensorFlow SavedModel."""
-    from kerasprune import export
-    from kerasprune.deploy import fold_batchnorm
-
+    setup(debug)
     if to not in _SUFFIX:
         raise CliError(f"--to must be one of {', '.join(_SUFFIX)}. Received: {to!r}")
     if _SUFFIX[to] is not None and output.suffix != _SUFFIX[to]:
         raise CliError(f"Output {output} must end in {_SUFFIX[to]} for --to {to}")
-    _check_output(output, model, force, "output")
-    with _steps() as step:
-        with step(f"Loading {model}"):
-            m = _load(model, unsafe)
+    loading.check_outputs([model], [(output, "output")], force)
+    from kerasprune import export
+    from kerasprune.deploy import fold_batchnorm
+
+    with steps() as step:
+        m = _model(model, imports=imports, unsafe=unsafe, debug=debug, step=step)
         folded = 0
         if fold_bn:
             with step("Folding BatchNorm into the convolutions"):
@@ -410,69 +431,35 @@ def export_cmd(
                 path = export.export_onnx(m, output, overwrite=force)
     size = export.exported_size(path)
     note = f"; {folded} layer(s) folded into their convolutions" if fold_bn else ""
-    _out().print(f"Exported {escape(str(model))} to {escape(str(path))} ({to}, {size / 1e6:.2f} MB){note}")
+    out().print(f"Exported {model} to {path} ({to}, {size / 1e6:.2f} MB){note}", markup=False)
 
 
 # ------------------------------------------------------------------------------- demo
-@app.command()
+@app.command(cls=Command)
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer epochs and timing runs.")] = False,
-    out: Annotated[Path, typer.Option("--out", help="Folder for models, plots and report.json.")] = Path("kerasprune-demo"),
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for models, plots and report.json.")] = Path("kerasprune-demo"),
+    force: Annotated[bool, typer.Option("--force", help="Replace the demo's files already in --out.")] = False,
+    debug: Debug = False,
 ) -> None:
     """Train a small CNN on scikit-learn's digits, prune it three classic ways and by criterion, report and plot."""
+    setup(debug)
     from kerasprune import demo as demo_module
 
-    demo_module.run(quick=quick, out_dir=out, console=_out())
+    existing = demo_module.existing_files(out_dir)
+    if existing and not force:
+        raise CliError(
+            f"{out_dir} already holds {', '.join(existing)} (from an earlier demo, or your own files); "
+            "pass --force to replace them, or --out NEW_DIR"
+        )
+    demo_module.run(quick=quick, out_dir=out_dir, console=out(), overwrite=force)
 
 
 # ------------------------------------------------------------------------------- main
-def _quiet_backends(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kerasprune").setLevel(logging.DEBUG if debug else logging.WARNING)
-    if not debug:
-        for name in ("absl", "tensorflow", "h5py", "matplotlib"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        import warnings
-
-        warnings.filterwarnings("ignore")
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 usage/validation error, 2 internal error)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    _quiet_backends(debug)
-    err = _err()
-    command = typer.main.get_command(app)
-    try:
-        rv = command.main(args=args, prog_name="kerasprune", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except NoArgsIsHelpError as e:
-        Console(stderr=True).print(e.format_message(), markup=False, highlight=False)
-        return 1
-    except (ClickException, CliError, PruningError) as e:
-        message = e.format_message() if isinstance(e, ClickException) else _one_line(e)
-        err.print(f"[red]Error:[/] {escape(' '.join(message.split()))}", markup=True, highlight=False, soft_wrap=True)
-        if debug:
-            err.print(traceback.format_exc(), markup=False, highlight=False)
-        return 1
-    except (KeyboardInterrupt, typer.Abort):
-        err.print("Interrupted; no output was written partially.", markup=False)
-        return 130
-    except Exception as e:  # a bug, not the user's fault
-        err.print(
-            f"[red]Internal error:[/] {type(e).__name__}: {escape(_one_line(e))}"
-            + ("" if debug else " (run with --debug for the traceback)"),
-            markup=True, highlight=False, soft_wrap=True,
-        )
-        if debug:
-            err.print(traceback.format_exc(), markup=False, highlight=False)
-        return 2
+    return run(typer.main.get_command(app), args, prog_name="kerasprune")
 
 
 if __name__ == "__main__":

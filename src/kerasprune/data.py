@@ -12,6 +12,12 @@ against the model's inputs:
 - multi-input models: `x` as a list/tuple/dict of arrays.
 
 A batch whose shape does not fit the model's input is a `PruningError` naming the input.
+
+`for_keras(data, model=...)` gives the same forms to `model.fit`/`model.evaluate`:
+arrays and datasets as they are, files and mappings as `(x, y)`, lists and generators of
+batches as a `keras.utils.PyDataset` (a generator is read once, so that it can be
+evaluated more than once). `labelled(data, model=...)` reads every batch into memory and
+requires labels (accuracy, reports).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 
 from kerasprune.errors import PruningError
 
-__all__ = ["batches", "load_arrays"]
+__all__ = ["batches", "for_keras", "labelled", "load_arrays"]
 
 
 def load_arrays(data, *, x_key: str = "x", y_key: str = "y") -> tuple[Any, Any]:
@@ -39,9 +45,19 @@ def load_arrays(data, *, x_key: str = "x", y_key: str = "y") -> tuple[Any, Any]:
         path = Path(data)
         if not path.is_file():
             raise PruningError(f"Data file not found: {path}")
+        if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
+            raise PruningError(f"{path} is a model file, not data: give an .npz file of arrays (np.savez)")
         try:
-            with np.load(path, allow_pickle=False) as f:
+            f = np.load(path, allow_pickle=False)
+            if not hasattr(f, "files"):  # a single .npy array: x without labels
+                raise PruningError(
+                    f"{path} holds one array, not named arrays; save x and y with "
+                    f"np.savez(path, {x_key}=x, {y_key}=y)"
+                )
+            with f:
                 data = {k: f[k] for k in f.files}
+        except PruningError:
+            raise
         except Exception as e:
             raise PruningError(
                 f"Could not read {path} as an .npz file of arrays: {type(e).__name__}: {e}"
@@ -209,3 +225,90 @@ def _iterable(data, model, batch_size: int):
         raise PruningError(
             f"data must be x, (x, y), a list of batches, a generator or a dataset. Received: {kind}"
         ) from None
+
+
+class _Batches(keras.utils.PyDataset):
+    """Batches held in memory, as a Keras dataset (what `for_keras` hands to `fit`/`evaluate`)."""
+
+    def __init__(self, items: list[tuple[Any, Any]]):
+        super().__init__()
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int):
+        x, y = self._items[index]
+        return (x,) if y is None else (x, y)
+
+
+def _is_dataset(data) -> bool:
+    kind = type(data).__module__ + "." + type(data).__name__
+    return (
+        isinstance(data, keras.utils.PyDataset)
+        or ("tensorflow" in kind and hasattr(data, "element_spec"))
+        or ("torch" in kind and hasattr(data, "dataset"))
+    )
+
+
+def for_keras(
+    data,
+    *,
+    model=None,
+    where: str = "data",
+    batch_size: int = 32,
+    x_key: str = "x",
+    y_key: str = "y",
+    keep_iterators: bool = False,
+):
+    """`data` in a form `model.fit` / `model.evaluate` take, checked against the model's inputs.
+
+    Args:
+        data: Any form `batches` takes (None is returned as is).
+        model: The model the data is for; in-memory arrays and batches are checked against
+            its inputs (a `PruningError` naming the input instead of a Keras shape error).
+        where: How to name the data in errors.
+        batch_size: Used only to check the first rows of in-memory arrays.
+        x_key, y_key: Keys of `x` and `y` in a mapping or `.npz` file.
+        keep_iterators: Return generators and other iterators as they are (for `fit`,
+            which may draw from an endless generator) instead of reading them.
+
+    Returns:
+        `(x, y[, sample_weight])` or `x` for arrays (a tuple: pass it as `*args`), the
+        dataset itself for `tf.data`/`PyDataset`/`DataLoader`, else a `PyDataset` of the
+        batches (lists of batches; generators, read once into memory).
+
+    Raises:
+        PruningError: unsupported form, empty data, or batches that do not fit the model.
+
+    Example:
+        >>> val = kerasprune.data.for_keras("val.npz", model=model, where="--val")
+        >>> model.evaluate(*val) if isinstance(val, tuple) else model.evaluate(val)
+    """
+    if data is None or _is_dataset(data) or (keep_iterators and isinstance(data, Iterator)):
+        return data
+    if isinstance(data, (str, os.PathLike)) or (isinstance(data, Mapping) and x_key in data):
+        data = tuple(load_arrays(data, x_key=x_key, y_key=y_key))
+    in_memory = _in_memory(data, model)
+    if in_memory is not None:
+        x = in_memory[0]
+        next(batches(x, model=model, batch_size=batch_size, where=where))  # checks shape and emptiness
+        if isinstance(data, (tuple, list)) and len(data) in (2, 3) and in_memory[1] is not None:
+            return tuple(data)
+        return (x,)
+    return _Batches(list(batches(data, model=model, batch_size=batch_size, where=where)))
+
+
+def labelled(
+    data, *, model=None, where: str = "data", batch_size: int = 256, x_key: str = "x", y_key: str = "y"
+) -> list[tuple[Any, Any]]:
+    """Every batch of `data` as `(x, y)` numpy arrays, in memory; labels required.
+
+    Raises:
+        PruningError: as `batches`, or a batch without labels.
+    """
+    out = list(batches(data, model=model, batch_size=batch_size, where=where, x_key=x_key, y_key=y_key))
+    if any(y is None for _, y in out):
+        raise PruningError(f"{where} has no labels: give (x, y), an .npz file with {x_key!r} and {y_key!r}, "
+                           "or batches of (x, y)")
+    return out

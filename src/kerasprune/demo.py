@@ -27,9 +27,10 @@ import keras
 import numpy as np
 from keras import layers
 
+from kerasprune.errors import ModelSaveError
 from kerasprune.io import save_model, write_text
 from kerasprune.masking import mask_filters
-from kerasprune.report import Comparison, accuracy, channel_counts, compare, predict, stage_breakdown
+from kerasprune.report import Comparison, accuracy, compare, predict
 from kerasprune.surgery import remove_filters
 from kerasprune.testing import copy_model
 
@@ -167,9 +168,16 @@ def _three_ways(model: keras.Model, x_test, y_test) -> list[DemoRow]:
     return rows
 
 
-def _group_label(group) -> str:
-    extra = f" +{len(group.layers) - 1}" if len(group.layers) > 1 else ""
-    return f"{group.layers[0]}{extra}"
+#: What the demo writes into its folder.
+FILES = ("original.keras", "pruned.keras", "report.json")
+
+
+def existing_files(out_dir: str | os.PathLike) -> list[str]:
+    """The names of the demo's files (models, report, plots) already in `out_dir`."""
+    from kerasprune.plots import plot_names
+
+    out = Path(out_dir)
+    return [n for n in (*FILES, *plot_names()) if (out / n).exists()]
 
 
 def run(
@@ -178,28 +186,44 @@ def run(
     *,
     console=None,
     target_flops: float = 0.5,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Train, prune three classic ways and by criterion, fine-tune, report and plot.
 
     Args:
         quick: Fewer epochs and timing runs (for the test suite); same steps.
         out_dir: Folder for `original.keras`, `pruned.keras`, the PNG plots and
-            `report.json` (created; files in it are replaced).
+            `report.json` (created if needed).
         console: A `rich.console.Console` to print to; None prints nothing.
         target_flops: Fraction of the MACs the criterion-pruned model keeps.
+        overwrite: Replace the demo's files when `out_dir` already holds some; without
+            it nothing is trained or written in that case.
 
     Returns:
         A `DemoResult`.
+
+    Raises:
+        ModelSaveError: `out_dir` already holds one of the demo's files and `overwrite`
+            is False (checked before anything runs).
+
+    Example:
+        >>> result = kerasprune.demo.run(quick=True, out_dir="demo-out")
     """
     from rich.console import Console
 
     import kerasprune as kp
     from kerasprune.criteria import score
-    from kerasprune.plots import write_plots
+    from kerasprune.plots import plot_pruning
 
     t0 = time.perf_counter()
     con = console if console is not None else Console(quiet=True)
     out = Path(out_dir)
+    existing = existing_files(out)
+    if existing and not overwrite:
+        raise ModelSaveError(
+            f"{out} already holds {', '.join(existing)}; pass --force (overwrite=True) to replace them, "
+            "or choose another folder with --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     epochs, ft_epochs, runs = (2, 1, 5) if quick else (5, 2, 30)
     keras.utils.set_random_seed(SEED)
@@ -239,8 +263,8 @@ def run(
     con.print(f"Test accuracy: trained {acc_trained:.2%} -> pruned {acc_pruned:.2%} -> fine-tuned {acc_ft:.2%}")
 
     files = {
-        "original": save_model(model, out / "original.keras", overwrite=True),
-        "pruned": save_model(pruned, out / "pruned.keras", overwrite=True),
+        "original": save_model(model, out / "original.keras", overwrite=overwrite),
+        "pruned": save_model(pruned, out / "pruned.keras", overwrite=overwrite),
     }
     with con.status("Measuring latency..."):
         comparison = compare(
@@ -252,17 +276,7 @@ def run(
     con.print(comparison.table(title="Before / after"))
 
     plan = kp.make_plan(graph, selection)
-    scores = score(model, "l1", graph=graph)
-    groups = graph._all_groups
-    files.update(
-        write_plots(
-            out,
-            channels=(channel_counts(model), channel_counts(pruned)),
-            stages=(stage_breakdown(model), stage_breakdown(pruned)),
-            scores={_group_label(groups[g]): s for g, s in scores.items()},
-            removed={_group_label(groups[g]): idx for g, idx in plan.removed.items()},
-        )
-    )
+    files.update(plot_pruning(out, model, pruned, plan=plan, scores=score(model, "l1", graph=graph), overwrite=overwrite))
     seconds = time.perf_counter() - t0
     result = DemoResult(tuple(rows), acc_trained, acc_pruned, acc_ft, comparison, files, seconds)
     report = {
@@ -272,7 +286,7 @@ def run(
         "selection": json.loads(selection.to_json()),
         "seconds": seconds,
     }
-    files["report"] = write_text(json.dumps(report, indent=2, default=_jsonable), out / "report.json")
+    files["report"] = write_text(json.dumps(report, indent=2, default=_jsonable), out / "report.json", overwrite=overwrite)
     con.print(f"Wrote {', '.join(str(p) for p in files.values())}")
     con.print(f"Done in {seconds:.1f} s. Next: [bold]kerasprune inspect {files['original']}[/]")
     return result

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 from kerasprune.allocation import select
+from kerasprune.data import for_keras
 from kerasprune.distill import (
     Distillation,
     StudentValidation,
@@ -138,8 +139,9 @@ def prune_and_finetune(
         steps: Number of prune/fine-tune rounds (default 3, or the length of an
             explicit `schedule`); with the linear schedule step `k` reaches
             `k / steps` of the way to the target.
-        train_data: `(x, y)` / `(x, y, sample_weight)` or a dataset for `model.fit`.
-        val_data: Validation data, `(x, y)` or a dataset.
+        train_data: Training data for `model.fit`: `(x, y)` / `(x, y, sample_weight)`, an
+            `.npz` path, a list or generator of batches, a dataset (`kerasprune.data`).
+        val_data: Validation data in the same forms (a generator is read once).
         epochs_per_step: Fine-tuning epochs after each removal (0: prune only).
         monitor: Validation metric that picks the best checkpoint of each step
             (a key of the `model.evaluate` logs prefixed with `val_`, e.g.
@@ -185,6 +187,8 @@ def prune_and_finetune(
     """
     final = target_flops if target_flops is not None else 1.0 - (target_ratio or 0.0)
     _check_args(model, target_ratio, target_flops, 3 if steps is None else steps, epochs_per_step, mode, verbose)
+    train_data = for_keras(train_data, model=model, where="train_data", keep_iterators=True)
+    val_data = for_keras(val_data, model=model, where="val_data")  # evaluated at every step: read once
     plan = resolve_schedule(schedule, final, steps)
     steps = plan.steps
     distill = distillation_config(distill)

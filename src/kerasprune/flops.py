@@ -79,14 +79,36 @@ def iter_calls(model) -> Iterator[Call]:
     yield from calls
 
 
+def _known(shape) -> bool:
+    return all(d is not None for d in tuple(shape)[1:])
+
+
 def _out_shapes(op, node, ins: list) -> list:
     recorded = [tuple(t.shape) for t in node.input_tensors]
     if all(tuple(a[1:]) == tuple(b[1:]) for a, b in zip(ins, recorded)):
-        return [tuple(t.shape) for t in node.outputs]
-    values = {id(t): keras.KerasTensor(s, dtype=t.dtype) for t, s in zip(node.input_tensors, ins)}
-    args, kwargs = _keras.fill_in(node, values)
-    spec = op.compute_output_spec(*args, **kwargs)
-    return [tuple(s.shape) for s in keras.tree.flatten(spec)]
+        outs = [tuple(t.shape) for t in node.outputs]
+    else:
+        values = {id(t): keras.KerasTensor(s, dtype=t.dtype) for t, s in zip(node.input_tensors, ins)}
+        args, kwargs = _keras.fill_in(node, values)
+        spec = op.compute_output_spec(*args, **kwargs)
+        outs = [tuple(s.shape) for s in keras.tree.flatten(spec)]
+    if all(_known(s) for s in outs) or not all(_known(s) for s in ins):
+        return outs
+    return _concrete_shapes(op, node, ins) or outs
+
+
+def _concrete_shapes(op, node, ins: list) -> list | None:
+    """Output shapes from one call on zeros, for layers that leave an axis unknown although
+    their inputs are known (`EinsumDense(output_shape=(None, d))`); None when that fails."""
+    try:
+        values = {
+            id(t): keras.ops.zeros((1, *s[1:]), dtype=t.dtype) for t, s in zip(node.input_tensors, ins)
+        }
+        args, kwargs = _keras.fill_in(node, values)
+        out = keras.tree.flatten(op(*args, **kwargs))
+    except Exception:
+        return None
+    return [(None, *tuple(keras.ops.shape(o))[1:]) for o in out]
 
 
 def _call_macs(call: Call) -> list[tuple[object, int]]:

@@ -104,6 +104,16 @@ def _classify(path: Path, error: BaseException, custom_objects: Mapping | None) 
     return f"Could not load {path}: {type(error).__name__}: {_one_line(text, 200)}"
 
 
+def _is_npz(path: Path) -> bool:
+    """Whether a zip archive holds NumPy arrays (`np.savez`) rather than a Keras model."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and "config.json" not in names and all(n.endswith(".npy") for n in names)
+
+
 def _check_file(path: Path) -> None:
     """Raise `ModelLoadError` unless `path` looks like a `.keras` or HDF5 model file."""
     if not path.exists():
@@ -132,10 +142,20 @@ def _check_file(path: Path) -> None:
         if bad is not None:
             raise ModelLoadError(f"{path} is corrupted: member '{bad}' fails its checksum")
         if "config.json" not in names:
+            if names and all(n.endswith(".npy") for n in names):
+                raise ModelLoadError(
+                    f"{path} is a NumPy .npz data file renamed to .keras, not a model; give it as data "
+                    "(`--data` in the CLI, `data=` in Python)"
+                )
             raise ModelLoadError(f"{path} is a zip archive but not a Keras model (no config.json inside)")
     elif suffix in _H5_SUFFIXES:
         if not head.startswith(_HDF5_MAGIC):
             raise ModelLoadError(f"{path} is not an HDF5 model file (no HDF5 signature)")
+    elif suffix in (".npz", ".npy") or (head.startswith(_ZIP_MAGIC) and _is_npz(path)):
+        raise ModelLoadError(
+            f"{path} is a NumPy data file, not a model; give it as data (`--data` in the CLI, "
+            "`data=` in Python) and a .keras or .h5 file as the model"
+        )
     else:
         kind = "a zip archive" if head.startswith(_ZIP_MAGIC) else "an HDF5 file" if head.startswith(_HDF5_MAGIC) else None
         hint = f" (it looks like {kind}: rename it accordingly)" if kind else ""
@@ -272,8 +292,12 @@ def save_model(
     return path
 
 
-def write_text(text: str, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
-    """Write a text file (plans, JSON reports) atomically."""
+def write_text(text: str, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a text file (selections, JSON reports) atomically.
+
+    Raises:
+        ModelSaveError: `path` exists and `overwrite` is False, or it is a directory.
+    """
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")

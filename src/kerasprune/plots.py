@@ -4,9 +4,12 @@
 - `plot_scores`: each group's filter-score distribution, removed filters in red.
 - `plot_stages`: params and MACs per stage (consecutive layers at one resolution).
 - `write_plots`: all of the above plus an overview figure, written into a folder.
+- `plot_pruning`: the plots of one pruning (original, pruned model, plan, scores) - what
+  the CLI and the demo write.
 
-Every function writes its PNG atomically and returns the path; passing `ax`
-draws into an existing axes instead (used by the overview).
+Every function writes its PNG atomically and returns the path, and refuses to replace an
+existing file unless `overwrite=True`; passing `ax` draws into an existing axes instead
+(used by the overview).
 """
 
 from __future__ import annotations
@@ -19,16 +22,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kerasprune.errors import ModelSaveError
 from kerasprune.io import atomic_path
 
 BEFORE, AFTER, REMOVED = "#9fb8d8", "#1f5fa8", "#d62728"
 _MAX_BARS = 60
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def _save(fig: Figure, path: str | os.PathLike, overwrite: bool = False) -> Path:
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    with atomic_path(path, overwrite=True, suffix=".png") as tmp:
+    with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return Path(path)
 
@@ -52,6 +56,7 @@ def plot_channels(
     *,
     ax=None,
     title: str = "Filters per layer",
+    overwrite: bool = False,
 ) -> Path | None:
     """Bar chart of filters/units per layer before (light) and after (dark) pruning.
 
@@ -60,6 +65,7 @@ def plot_channels(
         after: Layer -> filters of the pruned model; missing layers count as 0.
         path: PNG to write (unless `ax` is given).
         ax: A matplotlib axes to draw into instead.
+        overwrite: Replace an existing `path`.
     """
     fig = None
     if ax is None:
@@ -73,7 +79,7 @@ def plot_channels(
     ax.set_ylabel("filters / units")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path) if fig is not None else None
+    return _save(fig, path, overwrite) if fig is not None else None
 
 
 def plot_scores(
@@ -83,6 +89,7 @@ def plot_scores(
     removed: Mapping[str, Sequence[int]] | None = None,
     ax=None,
     title: str = "Filter scores per group",
+    overwrite: bool = False,
 ) -> Path | None:
     """Strip plot of every group's filter scores; removed filters in red.
 
@@ -91,6 +98,7 @@ def plot_scores(
         path: PNG to write (unless `ax` is given).
         removed: Group label -> channel indices that were removed.
         ax: A matplotlib axes to draw into instead.
+        overwrite: Replace an existing `path`.
     """
     fig = None
     if ax is None:
@@ -111,7 +119,7 @@ def plot_scores(
     ax.set_title(title)
     if keys:
         ax.legend(fontsize=8)
-    return _save(fig, path) if fig is not None else None
+    return _save(fig, path, overwrite) if fig is not None else None
 
 
 def plot_stages(
@@ -120,6 +128,7 @@ def plot_stages(
     path: str | os.PathLike | None = None,
     *,
     axes=None,
+    overwrite: bool = False,
 ) -> Path | None:
     """Grouped bars of params and MACs per stage, before and after.
 
@@ -127,6 +136,7 @@ def plot_stages(
         before: Stage label -> `(params, macs)` (e.g. `report.stage_breakdown`).
         after: The same for the pruned model.
         path: PNG to write (unless `axes`, a pair of axes, is given).
+        overwrite: Replace an existing `path`.
     """
     fig = None
     if axes is None:
@@ -142,7 +152,13 @@ def plot_stages(
         ax.set_xticks(pos, keys, rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{what} per stage")
         ax.legend(fontsize=8)
-    return _save(fig, path) if fig is not None else None
+    return _save(fig, path, overwrite) if fig is not None else None
+
+
+def plot_names(*, scores: bool = True) -> tuple[str, ...]:
+    """File names `write_plots` writes (without scores: no `scores.png`)."""
+    names = ("channels.png", "scores.png", "stages.png", "overview.png")
+    return names if scores else tuple(n for n in names if n != "scores.png")
 
 
 def write_plots(
@@ -152,6 +168,7 @@ def write_plots(
     stages: tuple[Mapping[str, tuple[int, int]], Mapping[str, tuple[int, int]]],
     scores: Mapping[str, np.ndarray] | None = None,
     removed: Mapping[str, Sequence[int]] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write `channels.png`, `scores.png` (when scores are given), `stages.png` and `overview.png`.
 
@@ -161,16 +178,29 @@ def write_plots(
         stages: `(before, after)` stage -> `(params, macs)`.
         scores: Group label -> channel scores.
         removed: Group label -> removed channel indices.
+        overwrite: Replace PNGs already in `out_dir`; otherwise nothing is written when
+            any of them exists.
 
     Returns:
         Plot name -> path written.
+
+    Raises:
+        ModelSaveError: a PNG exists in `out_dir` and `overwrite` is False.
+
+    Example:
+        >>> plots.write_plots("plots", channels=(before, after), stages=(s_before, s_after))
     """
     out = Path(out_dir)
+    existing = [n for n in plot_names(scores=bool(scores)) if (out / n).exists()]
+    if existing and not overwrite:
+        raise ModelSaveError(
+            f"{out} already holds {', '.join(existing)}; pass --force (overwrite=True) to replace them"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"channels": plot_channels(*channels, out / "channels.png")}
+    paths = {"channels": plot_channels(*channels, out / "channels.png", overwrite=overwrite)}
     if scores:
-        paths["scores"] = plot_scores(scores, out / "scores.png", removed=removed)
-    paths["stages"] = plot_stages(*stages, out / "stages.png")
+        paths["scores"] = plot_scores(scores, out / "scores.png", removed=removed, overwrite=overwrite)
+    paths["stages"] = plot_stages(*stages, out / "stages.png", overwrite=overwrite)
     fig = Figure(figsize=(13, 7.5))
     grid = fig.add_gridspec(2, 2 if scores else 1)
     plot_channels(*channels, ax=fig.add_subplot(grid[0, 0]))
@@ -181,5 +211,63 @@ def write_plots(
         sub = grid[1, 0].subgridspec(1, 2)
         axes = (fig.add_subplot(sub[0, 0]), fig.add_subplot(sub[0, 1]))
     plot_stages(*stages, axes=axes)
-    paths["overview"] = _save(fig, out / "overview.png")
+    paths["overview"] = _save(fig, out / "overview.png", overwrite)
     return paths
+
+
+def group_label(group) -> str:
+    """A group's label in plots: its first producer, `+N` for the other producers."""
+    extra = f" +{len(group.layers) - 1}" if len(group.layers) > 1 else ""
+    return f"{group.layers[0]}{extra}"
+
+
+def plot_pruning(
+    out_dir: str | os.PathLike,
+    model,
+    pruned,
+    *,
+    plan=None,
+    scores: Mapping[int, np.ndarray] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """The plots of one pruning: filters per layer, filter scores, params and MACs per stage.
+
+    Args:
+        out_dir: Folder for the PNGs (see `write_plots`).
+        model: The original model.
+        pruned: The pruned (or masked) model.
+        plan: The `Plan` that was applied (made for `model`): gives the filters left per
+            layer (also for a masked model) and the removed channels in the score plot.
+        scores: `{group id: channel scores}` of `plan.graph` (e.g. `kerasprune.score`);
+            without them there is no `scores.png`.
+        overwrite: Replace existing PNGs.
+
+    Returns:
+        Plot name -> path written.
+
+    Raises:
+        ModelSaveError: a PNG exists in `out_dir` and `overwrite` is False.
+
+    Example:
+        >>> plots.plot_pruning("plots", model, smaller, plan=kerasprune.make_plan(graph, sel))
+    """
+    from kerasprune.report import channel_counts, stage_breakdown
+
+    before = channel_counts(model)
+    if plan is not None:
+        after = {k: v - len(plan.removed_filters(k)) for k, v in before.items()}
+    else:
+        after = channel_counts(pruned)
+    labelled, removed = None, None
+    if scores and plan is not None:
+        groups = plan.graph._all_groups
+        labelled = {group_label(groups[g]): s for g, s in scores.items()}
+        removed = {group_label(groups[g]): idx for g, idx in plan.removed.items()}
+    return write_plots(
+        out_dir,
+        channels=(before, after),
+        stages=(stage_breakdown(model), stage_breakdown(pruned)),
+        scores=labelled,
+        removed=removed,
+        overwrite=overwrite,
+    )

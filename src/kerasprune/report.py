@@ -12,7 +12,6 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,13 @@ import keras
 import numpy as np
 
 from kerasprune._keras import weights_of
+from kerasprune.data import labelled, load_arrays
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params, flops_by_layer, iter_calls
 
 log = logging.getLogger(__name__)
 
-DataLike = Any  # (x, y) tuple, {"x": ..., "y": ...} mapping, or a path to an .npz file
+DataLike = Any  # any labelled form of kerasprune.data.batches: (x, y), an .npz path, batches, a dataset
 
 
 @dataclass(frozen=True)
@@ -134,27 +134,13 @@ def _time_models(models: list, xs: list, *, batch_size: int, warmup: int, runs: 
     ]
 
 
-def load_data(data: DataLike) -> tuple[np.ndarray, np.ndarray]:
-    """`(x, y)` from a tuple, a mapping with `x`/`y`, or an `.npz` file holding arrays `x` and `y`.
+def load_data(data: DataLike, *, x_key: str = "x", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """`(x, y)` from a tuple, a mapping with `x_key`/`y_key`, or an `.npz` file holding both.
 
     Raises:
         PruningError: the file is missing or lacks `x` or `y`.
     """
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if not path.is_file():
-            raise PruningError(f"Data file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                data = {k: f[k] for k in f.files}
-        except Exception as e:
-            raise PruningError(f"Could not read {path} as an .npz file: {type(e).__name__}: {e}") from None
-    if isinstance(data, Mapping):
-        missing = [k for k in ("x", "y") if k not in data]
-        if missing:
-            raise PruningError(f"Data must hold arrays 'x' and 'y'; missing {missing}. Found: {sorted(data)}")
-        data = (data["x"], data["y"])
-    x, y = data
+    x, y = load_arrays(data, x_key=x_key, y_key=y_key)
     return np.asarray(x), np.asarray(y)
 
 
@@ -172,13 +158,21 @@ def predict(model: keras.Model, x: np.ndarray, *, batch_size: int = 256) -> np.n
 
 
 def accuracy(model: keras.Model, data: DataLike, *, batch_size: int = 256) -> float:
-    """Classification accuracy of a single-input, single-output `model` on `data`.
+    """Classification accuracy of a single-output `model` on labelled `data`.
 
-    Labels may be integer classes or one-hot rows; a single-unit output is
-    read as a binary probability (threshold 0.5).
+    `data` is any labelled form of `kerasprune.data.batches`: `(x, y)`, a mapping or an
+    `.npz` file with `x` and `y`, a list or generator of `(x, y)` batches, a dataset.
+    Labels may be integer classes or one-hot rows; a single-unit output is read as a
+    binary probability (threshold 0.5).
+
+    Raises:
+        PruningError: unlabelled data, or batches that do not fit the model's inputs.
     """
-    x, y = load_data(data)
-    pred = predict(model, x, batch_size=batch_size)
+    preds, truths = [], []
+    for x, y in labelled(data, model=model, batch_size=batch_size, where="accuracy data"):
+        preds.append(keras.ops.convert_to_numpy(model(x, training=False)))
+        truths.append(np.asarray(y))
+    pred, y = np.concatenate(preds), np.concatenate(truths)
     if pred.ndim == 1 or pred.shape[-1] == 1:
         guess = (pred.reshape(len(pred), -1)[:, 0] > 0.5).astype(np.int64)
     else:
@@ -210,17 +204,24 @@ class ModelStats:
 
 
 def _has_optimizer_state(path) -> bool:
-    """Whether a `.keras` file also stores optimizer variables (they inflate its size)."""
+    """Whether a model file also stores optimizer variables (they inflate its size).
+
+    `.keras` files keep them under `optimizer/vars` of `model.weights.h5`; legacy HDF5
+    (`.h5`) files under `optimizer_weights`.
+    """
     import zipfile
 
-    try:
-        with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as fh:
-            import h5py
+    import h5py
 
-            with h5py.File(fh, "r") as h5:
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf, zf.open("model.weights.h5") as fh, h5py.File(fh, "r") as h5:
                 opt = h5.get("optimizer")
                 return bool(opt is not None and len(opt.get("vars", {})) > 0)
-    except Exception:  # not a .keras zip (e.g. .h5): size is reported as is
+        with h5py.File(path, "r") as h5:
+            opt = h5.get("optimizer_weights")
+            return bool(opt is not None and len(opt) > 0)
+    except Exception:  # neither layout: the size is reported as is
         return False
 
 
@@ -369,8 +370,9 @@ def compare(
     Args:
         before: The original model, or a path to its file.
         after: The pruned model, or a path to its file.
-        data: Optional labelled data for accuracy: `(x, y)`, a mapping with
-            `x` and `y`, or a path to an `.npz` file holding both.
+        data: Optional labelled data for accuracy: `(x, y)`, a mapping or an `.npz`
+            file with `x` and `y`, a list or generator of `(x, y)` batches, a dataset
+            (read once into memory).
         latency: Measure latency (median of `runs` batches of `batch_size`).
         before_path, after_path: Files the models live in (for file sizes)
             when models rather than paths are given.
@@ -383,14 +385,14 @@ def compare(
     """
     from kerasprune.io import load_model
 
-    if data is not None:
-        data = load_data(data)
     models, paths = [], []
     for model, path in ((before, before_path), (after, after_path)):
         if isinstance(model, (str, os.PathLike)):
             model, path = load_model(model), model
         models.append(model)
         paths.append(path)
+    if data is not None:  # read once (a generator too), used for both models
+        data = labelled(data, model=models[0], where="data")
     stats = [model_stats(m, path=p, data=data, latency=False) for m, p in zip(models, paths)]
     if latency:
         _check_timing(batch_size, runs, warmup)
@@ -415,7 +417,9 @@ def stage_breakdown(model: keras.Model) -> dict[str, tuple[int, int]]:
 
     Returns:
         `{label: (params, macs)}` in order, labels like `"stage 1 (8x8)"`;
-        layers with rank-2 outputs (after `Flatten`/pooling) form the `"head"`.
+        layers with rank-2 outputs (after `Flatten`/pooling) form the `"head"`. Only a
+        layer with weights or MACs opens a stage (padding or pooling alone does not), so
+        no stage is empty.
     """
     macs = flops_by_layer(model)
     out: dict[str, list[int]] = {}
@@ -425,14 +429,19 @@ def stage_breakdown(model: keras.Model) -> dict[str, tuple[int, int]]:
         shape = call.out_shapes[0] if call.out_shapes else ()
         fmt = getattr(call.layer, "data_format", "channels_last")
         spatial = tuple(shape[2:] if fmt == "channels_first" else shape[1:-1]) if len(shape) > 2 else None
+        new = call.key not in seen
+        seen.add(call.key)
+        params = sum(int(np.prod(v.shape)) for v in weights_of(call.layer)) if new else 0
+        cost = macs.get(call.key, 0) if new else 0
         if spatial is None:
             label = "head"
-        elif spatial != last_res or label is None or label == "head":
+        elif (params or cost) and (spatial != last_res or label is None or label == "head"):
+            # only a layer that costs something opens a stage: padding or pooling alone does not
             label = f"stage {len([k for k in out if k != 'head']) + 1} ({'x'.join(map(str, spatial))})"
             last_res = spatial
+        if label is None:
+            continue  # weightless layers before the first stage (input padding, rescaling)
         entry = out.setdefault(label, [0, 0])
-        if call.key not in seen:
-            seen.add(call.key)
-            entry[0] += sum(int(np.prod(v.shape)) for v in weights_of(call.layer))
-            entry[1] += macs.get(call.key, 0)
-    return {k: (v[0], v[1]) for k, v in out.items()}
+        entry[0] += params
+        entry[1] += cost
+    return {k: (v[0], v[1]) for k, v in out.items() if v != [0, 0]}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -31,160 +31,20 @@ import numpy as np
 from kerasprune import _keras
 from kerasprune.cache import EvaluationCache
 from kerasprune.criteria import score as _score
-from kerasprune.errors import PruningError, SelectionError
+from kerasprune.data import for_keras
+from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, analyze, graph_for
-from kerasprune.groupwise import cells, choose_groups, lowest, scored
-from kerasprune.io import atomic_path, model_fingerprint, model_from_bytes, model_to_bytes
+from kerasprune.groupwise import choose_groups, scored
+from kerasprune.io import model_fingerprint, model_from_bytes, model_to_bytes
 from kerasprune.parallel import Work, resolve_engine, run_tasks
 from kerasprune.plan import Plan
 from kerasprune.rules import find_rule, register_rule, registered
-from kerasprune.selection import Selection
+from kerasprune.sensitivity_result import SensitivityResult, SensitivityRow, _lowest
 from kerasprune.surgery import remove_filters
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-@dataclass(frozen=True)
-class SensitivityRow:
-    """One evaluation: `ratio` of group `group` removed, everything else intact."""
-
-    group: int
-    layers: tuple[str, ...]
-    size: int
-    ratio: float
-    removed: int
-    metric: float
-    drop: float
-
-    def to_dict(self) -> dict:
-        return {
-            "group": self.group,
-            "layers": list(self.layers),
-            "size": self.size,
-            "ratio": self.ratio,
-            "removed": self.removed,
-            "metric": self.metric,
-            "drop": self.drop,
-        }
-
-
-@dataclass(frozen=True)
-class SensitivityResult:
-    """The table produced by `sensitivity`.
-
-    Attributes:
-        baseline: Metric of the unpruned model.
-        rows: One `SensitivityRow` per (group, ratio), groups in topological order.
-        criterion: Name of the criterion that ranked the channels.
-        metric_name: Name of the metric.
-        mode: `"max"` when higher metric values are better, else `"min"`.
-        scores: Group id -> channel scores used for the ranking (higher = kept longer).
-        graph: The analysis of the scanned model (`plan` builds its plans on it).
-    """
-
-    baseline: float
-    rows: tuple[SensitivityRow, ...]
-    criterion: str
-    metric_name: str
-    mode: str
-    scores: Mapping[int, np.ndarray] = field(repr=False)
-    graph: ChannelGraph = field(repr=False, compare=False)
-
-    @property
-    def groups(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys(r.group for r in self.rows))
-
-    def curve(self, group: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ratios, metric values) of one group, ratio 0 (the baseline) included."""
-        rows = sorted((r for r in self.rows if r.group == group), key=lambda r: r.ratio)
-        if not rows:
-            raise SelectionError(f"Group {group} was not part of the scan (scanned: {list(self.groups)})")
-        return np.array([0.0] + [r.ratio for r in rows]), np.array([self.baseline] + [r.metric for r in rows])
-
-    def to_dict(self) -> dict:
-        return {
-            "baseline": self.baseline,
-            "criterion": self.criterion,
-            "metric": self.metric_name,
-            "mode": self.mode,
-            "rows": [r.to_dict() for r in self.rows],
-        }
-
-    def table(self) -> str:
-        """A plain-text table, one line per evaluation."""
-        head = f"{'group':>5}  {'layers':<28} {'size':>5} {'ratio':>6} {'removed':>7} {self.metric_name:>12} {'drop':>9}"
-        lines = [f"baseline {self.metric_name} = {self.baseline:.6g} (criterion: {self.criterion})", head]
-        for r in self.rows:
-            names = ", ".join(r.layers)
-            names = names if len(names) <= 28 else names[:25] + "..."
-            lines.append(
-                f"{r.group:>5}  {names:<28} {r.size:>5} {r.ratio:>6.2f} {r.removed:>7} "
-                f"{r.metric:>12.6g} {r.drop:>9.4g}"
-            )
-        return "\n".join(lines)
-
-    __str__ = table
-
-    def ratios_for(self, tolerance: float) -> dict[int, float]:
-        """Per group, the largest scanned ratio whose drop — and every smaller ratio's — is <= tolerance."""
-        if not tolerance >= 0:
-            raise PruningError(f"tolerance must be a non-negative number. Received: tolerance={tolerance}")
-        out = {}
-        for gid in self.groups:
-            best = 0.0
-            for r in sorted((r for r in self.rows if r.group == gid), key=lambda r: r.ratio):
-                if r.drop > tolerance:
-                    break
-                best = r.ratio
-            out[gid] = best
-        return out
-
-    def plan(self, tolerance: float) -> Selection:
-        """A selection removing, in every group, as much as its own curve tolerates.
-
-        Each group gets the largest scanned ratio whose metric drop (and that of
-        every smaller ratio) stays within `tolerance`, and loses its lowest-scoring
-        channels. Drops of several groups add up roughly, so the combined model
-        usually loses more than `tolerance`: fine-tune it (`prune_and_finetune`) or
-        choose a smaller tolerance.
-
-        Args:
-            tolerance: Largest acceptable metric drop per group, in metric units
-                (e.g. `0.01` for one accuracy point).
-
-        Returns:
-            A `kerasprune.Selection` for the analyzed model (with its `Plan`, groups and
-            MACs/params before -> after), accepted by `remove_filters` and `mask_filters`.
-        """
-        ratios = self.ratios_for(tolerance)
-        removed = {gid: _lowest(self.graph, gid, self.scores[gid], ratio) for gid, ratio in ratios.items()}
-        plan = Plan.from_groups(self.graph, {gid: r for gid, r in removed.items() if len(r)})
-        return Selection.from_plan(plan, criterion=self.criterion, scores=self.scores, groups=list(self.groups))
-
-    def plot(self, path: str | os.PathLike, *, title: str | None = None) -> str:
-        """Save per-group curves (metric vs removed fraction) as a PNG; returns the path."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(7, 4.5), dpi=120)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
-        for gid in self.groups:
-            x, y = self.curve(gid)
-            layers = next(r.layers for r in self.rows if r.group == gid)
-            label = ", ".join(layers) if len(layers) <= 2 else f"{layers[0]} (+{len(layers) - 1})"
-            ax.plot(x * 100, y, marker="o", markersize=3, label=label)
-        ax.set_xlabel("filters removed from the group (%)")
-        ax.set_ylabel(self.metric_name)
-        ax.set_title(title or f"Sensitivity to pruning ({self.criterion})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(self.groups) > 8 else 1)
-        fig.tight_layout()
-        with atomic_path(path, overwrite=True, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
-        return os.fspath(path)
 
 
 def sensitivity(
@@ -219,7 +79,8 @@ def sensitivity(
             compiled `model` (e.g. `"accuracy"`, `"loss"`), evaluated with
             `model.evaluate(val_data)` after recompiling each pruned model from
             `model.get_compile_config()`.
-        val_data: Validation data for a named metric: `(x, y)` or a dataset.
+        val_data: Validation data for a named metric: `(x, y)`, an `.npz` path, a list
+            or generator of batches, a dataset (`kerasprune.data`).
         criterion: Criterion name or callable, as for `kerasprune.score`.
         ratios: Fractions of each group to remove, each in (0, 1).
         groups: Group ids or layer names to scan (default: every prunable group).
@@ -258,6 +119,8 @@ def sensitivity(
     """
     ratios = _check_ratios(ratios)
     metric_name, mode = _metric_name_mode(metric, mode, val_data, model)
+    if isinstance(metric, str):  # every form of kerasprune.data, evaluated many times: read once
+        val_data = for_keras(val_data, model=model, where="val_data")
     engine = resolve_engine(backend, n_jobs)
     graph = graph_for(model, graph, channelwise=channelwise)
     chosen = choose_groups(graph, groups)
@@ -313,16 +176,6 @@ def sensitivity(
         scores={g.id: np.asarray(scores[g.id]) for g in chosen},
         graph=graph,
     )
-
-
-def _lowest(graph: ChannelGraph, gid: int, scores: np.ndarray, ratio: float) -> np.ndarray:
-    """The lowest-scoring `floor(ratio * size)` channels of a group (balanced where it must be)."""
-    group = graph._all_groups[gid]
-    try:
-        cell_list = cells(graph, group)
-    except PruningError:
-        cell_list = None  # unbalanceable group: its plans are refused by the plan's own check
-    return lowest(scores, ratio, cell_list=cell_list)
 
 
 # -- evaluation (in this process or in a worker) ---------------------------------------
