@@ -5,7 +5,9 @@ Core:
     remove_filters(model, selection) -> keras.Model   new, smaller model
     mask_filters(model, selection) -> None            in place, exact zeroing
 Selection:   select, score, Selection, count_flops, count_params, flops_by_layer
-Workflow:    sensitivity, prune_and_finetune, SoftPruning
+Workflow:    sensitivity, prune_and_finetune (PruningSchedule, distill=), SoftPruning
+Recovery:    make_distiller, Distillation, StudentValidation; GroupLasso, group_norms;
+             recalibrate_batchnorm
 Files:       load_model (safe_mode), save_model (atomic); reports: compare
 Latency:     measure_latency, latency_breakdown, get_runtime, build_latency_model; select(target_latency=)
 Deploy:      fold_batchnorm (BatchNorm and other affine layers into convs); kerasprune.export
@@ -32,9 +34,11 @@ _EXPORTS = {
     "ChannelParams": "rules",
     "Comparison": "report",
     "CouplerRule": "rules",
+    "Distillation": "distill",
     "Elementwise": "rules",
     "FinetuneHistory": "finetune",
     "Group": "graph",
+    "GroupLasso": "sparsity",
     "LatencyBreakdown": "breakdown",
     "LatencyModel": "latency_model",
     "LatencyResult": "latency",
@@ -44,11 +48,13 @@ _EXPORTS = {
     "Plan": "plan",
     "PolynomialSchedule": "soft",
     "PruningError": "errors",
+    "PruningSchedule": "schedules",
     "Rule": "rules",
     "Selection": "selection",
     "SelectionError": "errors",
     "SensitivityResult": "sensitivity",
     "SoftPruning": "soft",
+    "StudentValidation": "distill",
     "UnsupportedLayerError": "errors",
     "analyze": "graph",
     "build_latency_model": "latency_model",
@@ -58,12 +64,15 @@ _EXPORTS = {
     "flops_by_layer": "flops",
     "fold_batchnorm": "deploy",
     "get_runtime": "runtimes",
+    "group_norms": "sparsity",
     "latency_breakdown": "breakdown",
     "load_model": "io",
+    "make_distiller": "distill",
     "make_plan": "plan",
     "mask_filters": "masking",
     "measure_latency": "latency",
     "prune_and_finetune": "finetune",
+    "recalibrate_batchnorm": "recalibrate",
     "register_rule": "rules",
     "remove_filters": "surgery",
     "save_model": "io",
@@ -78,9 +87,11 @@ __all__ = [
     "ChannelParams",
     "Comparison",
     "CouplerRule",
+    "Distillation",
     "Elementwise",
     "FinetuneHistory",
     "Group",
+    "GroupLasso",
     "LatencyBreakdown",
     "LatencyModel",
     "LatencyResult",
@@ -89,12 +100,14 @@ __all__ = [
     "Plan",
     "PolynomialSchedule",
     "PruningError",
+    "PruningSchedule",
     "Rule",
     "Runtime",
     "Selection",
     "SelectionError",
     "SensitivityResult",
     "SoftPruning",
+    "StudentValidation",
     "UnsupportedLayerError",
     "analyze",
     "build_latency_model",
@@ -105,12 +118,15 @@ __all__ = [
     "flops_by_layer",
     "fold_batchnorm",
     "get_runtime",
+    "group_norms",
     "latency_breakdown",
     "load_model",
+    "make_distiller",
     "make_plan",
     "mask_filters",
     "measure_latency",
     "prune_and_finetune",
+    "recalibrate_batchnorm",
     "register_rule",
     "remove_filters",
     "save_model",
@@ -160,6 +176,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers
     from kerasprune.breakdown import LatencyBreakdown, latency_breakdown
     from kerasprune.criteria import score
     from kerasprune.deploy import fold_batchnorm
+    from kerasprune.distill import Distillation, StudentValidation, make_distiller
     from kerasprune.errors import (
         ModelLoadError,
         ModelSaveError,
@@ -175,6 +192,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers
     from kerasprune.latency_model import LatencyModel, build_latency_model
     from kerasprune.masking import mask_filters
     from kerasprune.plan import Plan, make_plan
+    from kerasprune.recalibrate import recalibrate_batchnorm
     from kerasprune.report import Comparison, compare
     from kerasprune.rules import (
         ChannelParams,
@@ -185,7 +203,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers
         unregister_rule,
     )
     from kerasprune.runtimes import Runtime, get_runtime
+    from kerasprune.schedules import PruningSchedule
     from kerasprune.selection import Selection
     from kerasprune.sensitivity import SensitivityResult, sensitivity
     from kerasprune.soft import PolynomialSchedule, SoftPruning
+    from kerasprune.sparsity import GroupLasso, group_norms
     from kerasprune.surgery import remove_filters

@@ -37,9 +37,17 @@ import numpy as np
 
 from kerasprune.allocation import select
 from kerasprune.data import for_keras
+from kerasprune.distill import (
+    Distillation,
+    StudentValidation,
+    distillation_config,
+    frozen_copy,
+    make_distiller,
+)
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params
 from kerasprune.graph import analyze
+from kerasprune.schedules import PruningSchedule, resolve_schedule
 from kerasprune.stack import safe_training, warn_if_at_risk
 from kerasprune.surgery import remove_filters
 
@@ -102,7 +110,7 @@ def prune_and_finetune(
     criterion: str | Callable = "l1",
     target_ratio: float | None = None,
     target_flops: float | None = None,
-    steps: int = 3,
+    steps: int | None = None,
     train_data: Any,
     val_data: Any,
     epochs_per_step: int = 1,
@@ -117,6 +125,8 @@ def prune_and_finetune(
     fit_options: dict | None = None,
     channelwise: Iterable[str] = (),
     verbose: int | bool = 1,
+    schedule: str | Sequence[float] | PruningSchedule = "linear",
+    distill: bool | dict | Distillation | None = None,
 ) -> tuple[keras.Model, FinetuneHistory]:
     """Remove filters in `steps` steps towards a target, fine-tuning after each.
 
@@ -126,8 +136,9 @@ def prune_and_finetune(
         target_ratio: Fraction of every group's channels to remove in the end.
         target_flops: Fraction of the original FLOPs to keep in the end (global
             ranking). Exactly one of `target_ratio` / `target_flops` is required.
-        steps: Number of prune/fine-tune rounds; step `k` reaches `k / steps` of
-            the way to the target.
+        steps: Number of prune/fine-tune rounds (default 3, or the length of an
+            explicit `schedule`); with the linear schedule step `k` reaches
+            `k / steps` of the way to the target.
         train_data: Training data for `model.fit`: `(x, y)` / `(x, y, sample_weight)`, an
             `.npz` path, a list or generator of batches, a dataset (`kerasprune.data`).
         val_data: Validation data in the same forms (a generator is read once).
@@ -148,6 +159,16 @@ def prune_and_finetune(
             line per fine-tuning epoch and one per step (0 / False: silent;
             warnings are always logged). Keras's own progress bar is
             `fit_options={"verbose": 1}`.
+        schedule: What each step keeps of the original (FLOPs for `target_flops`,
+            channels for `target_ratio`): `"linear"`, `"geometric"`, a
+            `PruningSchedule`, or a decreasing sequence ending at the target.
+            Channels are re-scored on the fine-tuned model before every step.
+        distill: Fine-tune with knowledge distillation from `model` (the
+            unpruned teacher): `True`, a dict (`temperature`, `alpha`,
+            `from_logits`) or a `Distillation`. The returned model is the plain
+            student; `callbacks` see the `keras.distillation.Distiller` as their
+            model, and the validation logs hold the student's own loss and
+            metrics. See `kerasprune.make_distiller`.
 
     Returns:
         `(pruned_model, history)`: the model of the last step, restored to its best
@@ -164,9 +185,18 @@ def prune_and_finetune(
         ...     train_data=(x, y), val_data=(xv, yv), epochs_per_step=2)
         >>> print(history.table())
     """
-    _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode, verbose)
+    final = target_flops if target_flops is not None else 1.0 - (target_ratio or 0.0)
+    _check_args(model, target_ratio, target_flops, 3 if steps is None else steps, epochs_per_step, mode, verbose)
     train_data = for_keras(train_data, model=model, where="train_data", keep_iterators=True)
     val_data = for_keras(val_data, model=model, where="val_data")  # evaluated at every step: read once
+    plan = resolve_schedule(schedule, final, steps)
+    steps = plan.steps
+    distill = distillation_config(distill)
+    if distill is not None and not epochs_per_step:
+        log.warning("prune_and_finetune: distill is ignored with epochs_per_step=0 (nothing is fine-tuned)")
+    if distill is not None and epochs_per_step:
+        with _strategy_scope(model):
+            teacher = frozen_copy(model)  # one frozen copy of the unpruned model teaches every step
     compile_config = model.get_compile_config()
     scope = scope or ("global" if target_flops is not None else "local")
     select_options = dict(select_options or {})
@@ -181,22 +211,27 @@ def prune_and_finetune(
     for k in range(1, steps + 1):
         options = dict(select_options, scope=scope, data=data, loss=loss, seed=seed)
         if target_flops is not None:
-            goal = 1.0 - k / steps * (1.0 - target_flops)
-            options["target_flops"] = min(1.0, goal * flops0 / max(count_flops(current), 1))
+            options["target_flops"] = min(1.0, plan.keep[k - 1] * flops0 / max(count_flops(current), 1))
         else:
-            before = 1.0 - (k - 1) / steps * target_ratio
-            after = 1.0 - k / steps * target_ratio
-            options["ratio"] = 1.0 - after / before
+            options["ratio"] = plan.step_ratio(k)
         graph = analyze(current, channelwise=channelwise)
         selection = select(current, criterion, graph=graph, **options)
         with _strategy_scope(model):
             pruned = remove_filters(current, selection, graph=graph)
             pruned.compile_from_config(compile_config)
-        best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights())
+        best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights(), pruned)
         if epochs_per_step:
             progress = [_Progress(k, steps, epochs_per_step, monitor)] if verbose else []
             with safe_training(pruned, where="prune_and_finetune"):
-                _fit(pruned, train_data, val_data, epochs_per_step, [*(callbacks or []), best, *progress], fit_options)
+                if distill is not None:
+                    with _strategy_scope(model):
+                        trainer = make_distiller(teacher, pruned, distill, copy_teacher=False)
+                    first = StudentValidation(val_data, fit_options.get("validation_batch_size"))
+                    fit_callbacks = [first, *(callbacks or []), best, *progress]
+                    _fit(trainer, train_data, None, epochs_per_step, fit_callbacks, fit_options)
+                else:
+                    fit_callbacks = [*(callbacks or []), best, *progress]
+                    _fit(pruned, train_data, val_data, epochs_per_step, fit_callbacks, fit_options)
         values, best_epoch, best_weights = tuple(best.values), best.best_epoch, best.best_weights
         pruned.set_weights(best_weights)
         current = pruned
@@ -281,9 +316,9 @@ class _Progress(keras.callbacks.Callback):
 class _BestCheckpoint(keras.callbacks.Callback):
     """Records `monitor` after every epoch and keeps the best weights (in memory)."""
 
-    def __init__(self, monitor: str, sign: float, initial: float, weights: list):
+    def __init__(self, monitor: str, sign: float, initial: float, weights: list, source: keras.Model):
         super().__init__()
-        self.monitor, self.sign = monitor, sign
+        self.monitor, self.sign, self.source = monitor, sign, source  # source: the model whose weights to keep
         self.values = [initial]
         self.best_epoch, self.best_weights = 0, weights
 
@@ -295,7 +330,7 @@ class _BestCheckpoint(keras.callbacks.Callback):
         self.values.append(value)
         best = self.values[self.best_epoch]
         if self.sign * value > self.sign * best or (math.isnan(best) and not math.isnan(value)):
-            self.best_epoch, self.best_weights = len(self.values) - 1, self.model.get_weights()
+            self.best_epoch, self.best_weights = len(self.values) - 1, self.source.get_weights()
 
 
 def _evaluate(model, val_data, monitor: str) -> float:

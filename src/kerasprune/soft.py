@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from kerasprune.criteria import score as _score
+from kerasprune.distill import student_of
 from kerasprune.errors import PruningError
 from kerasprune.flops import CostModel
 from kerasprune.graph import ChannelGraph, analyze
@@ -95,6 +96,9 @@ class SoftPruning(keras.callbacks.Callback):
         verbose: Log one INFO line per epoch (ratio, channels masked, loss) to the
             `kerasprune.soft` logger; 0 / False: silent (warnings are always logged).
 
+    Given to the `fit` of a `keras.distillation.Distiller` (see `make_distiller`),
+    it prunes the distiller's student.
+
     Channels released by a re-selection restart from zero weights; as the mask also
     zeroed their BatchNorm parameters and their consumers' inputs, they may stay
     inactive (exact masking equals removal; it does not let filters regrow).
@@ -151,8 +155,9 @@ class SoftPruning(keras.callbacks.Callback):
 
     # -- Keras hooks -------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        if self._graph is None or self._graph.model is not self.model:
-            self._graph = analyze(self.model, channelwise=self.channelwise)
+        target = student_of(self.model)  # a keras.distillation.Distiller's student
+        if self._graph is None or self._graph.model is not target:
+            self._graph = analyze(target, channelwise=self.channelwise)
             self._chosen, self._cells = [], {}
             for g in choose_groups(self._graph, self.groups):
                 try:
@@ -204,7 +209,7 @@ class SoftPruning(keras.callbacks.Callback):
             A new model computing what the masked model computes (the masked model
             itself is left as it is).
         """
-        model = model if model is not None else self.model
+        model = model if model is not None else (None if self.model is None else student_of(self.model))
         if model is None or self.selection is None:
             raise PruningError("SoftPruning.finalize() needs a model trained with this callback")
         graph = self._graph if self._graph is not None and self._graph.model is model else None
@@ -215,7 +220,7 @@ class SoftPruning(keras.callbacks.Callback):
         self._sync()
         if self.reselect or not self._order:
             scores = _score(
-                self.model, self.criterion, data=self.data, loss=self.loss, seed=self.seed, graph=self._graph
+                self._graph.model, self.criterion, data=self.data, loss=self.loss, seed=self.seed, graph=self._graph
             )
             self._chosen = scored(self._chosen, scores, self.criterion)
             self._order = {g.id: np.asarray(scores[g.id], dtype=np.float64) for g in self._chosen}

@@ -1,0 +1,186 @@
+"""GroupLasso: the proximal step is block soft-thresholding, zero channels are exactly removable."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kerasprune as kp
+from kerasprune.testing import max_output_difference
+from models import residual, two_conv_classifier
+
+
+def _bn(model, name):
+    return [keras.ops.convert_to_numpy(w).astype(np.float64) for w in model.get_layer(name).weights[:2]]
+
+
+def _attached(model, **kwargs):
+    lasso = kp.GroupLasso(1.0, **kwargs)
+    lasso.set_model(model)
+    lasso.on_train_begin()
+    return lasso
+
+
+@pytest.mark.backend
+def test_proximal_step_is_block_soft_thresholding_of_gamma_and_beta():
+    model = two_conv_classifier(channels=3, classes=3, bn_seed=1)
+    lasso = _attached(model)  # "auto": BN gamma and beta for these groups
+    before = {name: _bn(model, name) for name in ("bn1", "bn2")}
+    norms = {name: np.hypot(*before[name]) for name in before}
+    t = float(np.median(np.concatenate(list(norms.values()))))
+    lasso._weights.shrink(t)
+    for name, (gamma, beta) in before.items():
+        scale = np.maximum(0.0, 1.0 - t / norms[name])  # reference, from the layer's own weights
+        new_gamma, new_beta = _bn(model, name)
+        np.testing.assert_allclose(new_gamma, gamma * scale, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(new_beta, beta * scale, rtol=1e-5, atol=1e-7)
+        below = norms[name] <= t
+        assert below.any() and (~below).any()
+        assert np.all(new_gamma[below] == 0) and np.all(new_beta[below] == 0)  # exactly zero
+        np.testing.assert_allclose(np.hypot(new_gamma, new_beta)[~below], norms[name][~below] - t, rtol=1e-5)
+    # the producers' kernels are untouched in this mode
+    assert lasso.norms().keys() == kp.group_norms(model).keys()
+
+
+def test_zeroed_channels_are_removed_without_changing_the_outputs():
+    model = residual()  # the residual Add couples stem and block outputs into one group
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    lasso = _attached(model, penalize="normalization")
+    norms = lasso.norms()
+    t = float(np.median(np.concatenate(list(norms.values()))))
+    lasso._weights.shrink(t)
+    zero = {gid: n <= t for gid, n in norms.items()}
+    after = kp.group_norms(model, penalize="normalization")
+    for gid in norms:
+        assert np.all(after[gid][zero[gid]] == 0) and np.all(after[gid][~zero[gid]] > 0)
+    selection = kp.select(model, "bn_gamma", threshold=1e-30)
+    assert sum(len(c.removed) for c in selection.groups) == sum(int(z.sum()) for z in zero.values())
+    pruned = kp.remove_filters(model, selection)
+    assert pruned.count_params() < model.count_params()
+    assert max_output_difference(pruned, model, x) < 1e-5
+
+
+def test_all_params_zero_every_weight_masking_zeroes():
+    model = two_conv_classifier(channels=3, classes=3, bn_seed=2)
+    lasso = _attached(model, penalize="all")
+    norms = lasso.norms()
+    gid = kp.analyze(model).group_of("c1").id
+    t = float(np.sort(norms[gid])[2])  # three channels of c1's group at or below the threshold
+    lasso._weights.shrink(t)
+    gone = np.flatnonzero(norms[gid] <= t)
+    assert len(gone) == 3
+    c1, c2 = model.get_layer("c1"), model.get_layer("c2")
+    kernel1, bias1 = (keras.ops.convert_to_numpy(w) for w in c1.weights[:2])
+    kernel2 = keras.ops.convert_to_numpy(c2.weights[0])
+    gamma, beta = _bn(model, "bn1")
+    for part in (kernel1[..., gone], bias1[gone], gamma[gone], beta[gone], kernel2[:, :, gone, :]):
+        assert np.all(part == 0)
+    after = lasso.norms()
+    for g, n in norms.items():
+        assert np.all(after[g] <= n + 1e-6)  # overlapping groups only shrink each other
+
+
+@pytest.mark.backend
+def test_ratio_penalizes_only_the_weakest_channels_of_each_group():
+    model = two_conv_classifier(channels=3, classes=3, bn_seed=3)
+    lasso = _attached(model, ratio=kp.PolynomialSchedule(0.0, 0.5, begin=0, end=2))
+    before = {name: _bn(model, name) for name in ("bn1", "bn2")}
+    lasso.on_epoch_begin(0)  # ratio 0: nothing is penalized
+    lasso._weights.shrink(100.0)
+    assert all(np.array_equal(_bn(model, n)[0], before[n][0]) for n in before)
+    lasso.on_epoch_begin(2)  # ratio 0.5: the 4 weakest of 8 channels per group
+    lasso._weights.shrink(100.0)
+    for name, (gamma, beta) in before.items():
+        weakest = np.argsort(np.hypot(gamma, beta), kind="stable")[:4]
+        new_gamma, new_beta = _bn(model, name)
+        hit = np.zeros(8, dtype=bool)
+        hit[weakest] = True
+        assert np.all(new_gamma[hit] == 0) and np.all(new_beta[hit] == 0)
+        assert np.array_equal(new_gamma[~hit], gamma[~hit]) and np.array_equal(new_beta[~hit], beta[~hit])
+
+
+def test_errors():
+    with pytest.raises(kp.PruningError, match="strength"):
+        kp.GroupLasso(0.0)
+    with pytest.raises(kp.PruningError, match="penalize"):
+        kp.GroupLasso(1.0, penalize="kernels")
+    with pytest.raises(kp.PruningError, match="ratio"):
+        kp.GroupLasso(1.0, ratio=1.0)
+    with pytest.raises(kp.PruningError, match="learning_rate"):
+        kp.GroupLasso(1.0, learning_rate=-1.0)
+    with pytest.raises(kp.PruningError, match="once training has started"):
+        kp.GroupLasso(1.0).norms()
+
+
+SCRIPT = """
+import json, keras, numpy as np, sys
+sys.path.insert(0, {tests!r})
+import kerasprune as kp
+from models import two_conv_classifier
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 8, 8, 3)).astype("float32")
+y = rng.integers(0, 3, 64)
+result = {{}}
+
+# 1. Inside fit, with a zero learning rate only the proximal step moves the weights:
+#    after k batches every channel norm is exactly max(0, n0 - k * t).
+model = two_conv_classifier(channels=3, classes=3, bn_seed=1)
+model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+n0 = kp.group_norms(model)
+lasso = kp.GroupLasso(2.0, learning_rate=0.05)  # t = 0.1 per batch
+
+
+class Record(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.norms = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.norms.append({{g: n.tolist() for g, n in lasso.norms().items()}})
+
+
+record = Record()
+model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False, callbacks=[lasso, record])
+result["n0"] = {{g: n.tolist() for g, n in n0.items()}}
+result["trace"] = record.norms
+
+# 2. Real training with Adam: channels reach exactly zero and are removed without changing the outputs.
+model = two_conv_classifier(channels=3, classes=3, bn_seed=1)
+model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+model.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[kp.GroupLasso(3.0)])
+zero = {{g: int((n == 0).sum()) for g, n in kp.group_norms(model).items()}}
+selection = kp.select(model, "bn_gamma", threshold=1e-30)
+pruned = kp.remove_filters(model, selection)
+result["zero"] = zero
+result["removed"] = {{c.group: len(c.removed) for c in selection.groups}}
+result["diff"] = float(np.abs(pruned.predict(x[:8], verbose=0) - model.predict(x[:8], verbose=0)).max())
+print("RESULT" + json.dumps(result))
+"""
+
+
+def _run(script):
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT") :])
+
+
+@pytest.mark.backend
+def test_group_lasso_inside_fit_shrinks_exactly_and_zeroes_removable_channels():
+    result = _run(SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    n0 = {g: np.asarray(n) for g, n in result["n0"].items()}
+    assert len(result["trace"]) == 8  # 4 batches x 2 epochs
+    for k, norms in enumerate(result["trace"], start=1):
+        for g, n in norms.items():
+            np.testing.assert_allclose(n, np.maximum(0.0, n0[g] - 0.1 * k), atol=1e-5, err_msg=f"batch {k}")
+    assert sum(result["zero"].values()) > 0
+    zero = {int(g): z for g, z in result["zero"].items() if z}
+    assert zero == {int(g): r for g, r in result["removed"].items() if r}
+    assert result["diff"] < 1e-5
