@@ -476,6 +476,9 @@ def main(argv=None):
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--merge", metavar="JSON", help="keep the cells of an earlier accuracy.json (same config)")
     p.add_argument("--methods", help="comma-separated method names (default: all)")
+    p.add_argument("--strength", type=float, help="GroupLasso strength of the sparse methods (default 5.0)")
+    p.add_argument("--sparsity", type=float, help="share of each group's channels GroupLasso drives to zero (default 0.6)")
+    p.add_argument("--targets", help="comma-separated MACs fractions (default 0.5,0.25,0.1,0.05)")
     add_update_flag(p)  # also docs/accuracy.png
     p.add_argument("--out", help="output folder without --update (default: the scratch folder of output.py)")
     p.add_argument("--sensitivity", metavar="PNG", help="only write the sensitivity plot of the digits VGG")
@@ -496,6 +499,11 @@ def main(argv=None):
         plot(payload, os.path.join(ROOT, "docs", "accuracy.png") if args.update else os.path.join(out, "accuracy.png"))
         return print(table(payload))
     cfg = dict(QUICK if args.quick else FULL)
+    for key in ("strength", "sparsity"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    if args.targets:
+        cfg["targets"] = tuple(float(t) for t in args.targets.split(","))
     datasets, models = (["digits"], ["vgg"]) if args.quick else (args.datasets.split(","), args.models.split(","))
     seeds = args.seeds or cfg["seeds"]
     names = [m[0] for m in METHODS]
