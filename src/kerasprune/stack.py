@@ -1,7 +1,7 @@
 """A native crash of CPU training on strided 1x1 convolutions (oneDNN), and kerasprune's guard.
 
 The bug: the weight gradient of a 1x1 convolution with a stride > 1 on
-channels-last float32 data runs oneDNN's x86 `jit_1x1` backward-weights kernel
+float32 data runs oneDNN's x86 `jit_1x1` backward-weights kernel
 (`jit_avx512_common_1x1_convolution_bwd_weights_t`; in TensorFlow the op
 `_MklNativeConv2DBackpropFilter`). When the convolution has fewer than 16 input
 channels (per group) that kernel writes past its per-thread workspace (the
@@ -85,7 +85,8 @@ def at_risk_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers of `model` (nested models included) whose weight gradient hits the bug.
 
     Trainable `Conv1D` / `Conv2D` / `Conv3D` layers with a 1x1 kernel, a stride
-    above 1, channels-last data, float32 compute and fewer than
+    above 1, either data format (TensorFlow runs channels_first as NHWC on CPU),
+    float32 compute and fewer than
     `MIN_SAFE_CHANNELS` input channels per group. Which build is affected is
     `onednn_training_bug()`'s question, not this one's.
     """
@@ -111,7 +112,7 @@ def _walk(layer, seen: set) -> Iterator:
 def _is_at_risk(layer) -> bool:
     if not isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
         return False
-    if not layer.trainable or not layer.built or layer.data_format != "channels_last":
+    if not layer.trainable or not layer.built:  # channels_first too: TensorFlow runs it as NHWC on CPU
         return False
     if any(k != 1 for k in layer.kernel_size) or all(s == 1 for s in layer.strides):
         return False
@@ -233,8 +234,9 @@ def _reroute(layer) -> Callable[[], None] | None:
     """
     if type(layer) not in _CONVS:
         return None
-    index = (slice(None), *(slice(None, None, int(s)) for s in layer.strides), slice(None))
     data_format = layer.data_format
+    spatial = tuple(slice(None, None, int(s)) for s in layer.strides)
+    index = (slice(None), *spatial, slice(None)) if data_format == "channels_last" else (slice(None), slice(None), *spatial)
 
     def convolution_op(inputs, kernel):
         return keras.ops.conv(inputs[index], kernel, strides=1, padding="valid", data_format=data_format)
