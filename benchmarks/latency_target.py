@@ -23,7 +23,7 @@ same 50% L1 plan, summed by layer class (time before -> after, MACs kept, layers
 flagged), next to the whole models' times.
 
 Each (model, runtime, batch) runs in its own process (memory, native crashes).
-Results go to a scratch folder (`--out`, default /tmp/kerasprune-bench) unless
+Results go to a scratch folder (benchmarks/output.py) unless
 `--update` writes benchmarks/results/latency_target.{json,md}.
 
 Usage:
@@ -47,7 +47,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from output import add_update_flag, announce, results_dir, write_atomic  # noqa: E402
+
 MODELS = ["ResNet50", "MobileNetV2"]
 
 
@@ -324,8 +326,7 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="also the per-layer breakdown of the 50%% L1 plan")
     ap.add_argument("--breakdown-runs", type=int, default=10, help="timed batches per layer model")
     ap.add_argument("--cache", help="folder for latency tables (reruns reuse them)")
-    ap.add_argument("--update", action="store_true", help="write benchmarks/results/latency_target.{json,md}")
-    ap.add_argument("--out", default="/tmp/kerasprune-bench", help="scratch folder without --update")
+    add_update_flag(ap)
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per (model, runtime, batch) process")
     ap.add_argument("-v", "--verbose", action="store_true", help="log the search steps")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -334,8 +335,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    folder = RESULTS if args.update else Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = results_dir(args.update)
     path = folder / "latency_target.json"
     data = json.loads(path.read_text()) if path.exists() else {"runs": [], "targets": [], "alignment": [], "errors": []}
     data.setdefault("breakdown", [])
@@ -366,16 +366,12 @@ def main() -> None:
                 data["runs"].append({"conditions": part["conditions"], "what": [name, runtime, batch]})
                 _write(folder, data)
     print(markdown(data))
-    print(f"written to {folder}")
+    announce(folder)
 
 
 def _write(folder: Path, data: dict) -> None:
-    for name, text in (("latency_target.json", json.dumps(data, indent=2, default=str)), ("latency_target.md", markdown(data))):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".latency_target", suffix=Path(name).suffix)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / name)
+    write_atomic(folder / "latency_target.json", json.dumps(data, indent=2, default=str))
+    write_atomic(folder / "latency_target.md", markdown(data))
 
 
 if __name__ == "__main__":

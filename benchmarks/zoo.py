@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SCRATCH = Path(tempfile.gettempdir()) / "kerasprune-zoo"
 BACKENDS = ("tensorflow", "jax", "torch")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from output import add_update_flag, results_dir, write_atomic  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "tests"))  # the zoo package (before this script's own folder)
 
 
@@ -59,11 +62,7 @@ def run_backend(names: list[str] | None, out: Path) -> list[dict]:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _fmt(v, spec: str = "") -> str:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backends", nargs="+", default=["tensorflow"], choices=BACKENDS)
     p.add_argument("--models", nargs="+", help="zoo model names (default: all)")
-    p.add_argument("--update", action="store_true", help="write benchmarks/results/zoo.{json,md}")
+    add_update_flag(p)
     p.add_argument("--render-only", action="store_true", help="only rebuild zoo.md from zoo.json")
     p.add_argument("--src", type=Path, default=ROOT / "src", help="kerasprune sources to test (default: this checkout's)")
     p.add_argument("--scratch", type=Path, default=SCRATCH, help="scratch folder (default: %(default)s)")
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_backend(args.models, args.out)
         return 0
-    folder = RESULTS if args.update else args.scratch
+    folder = results_dir(True) if args.update else args.scratch
     out = folder / "zoo.json"
     if not args.render_only:
         parts = []
