@@ -133,5 +133,8 @@ def pytest_runtest_protocol(item, nextitem):
         reports = [hook.pytest_report_from_serializable(config=item.config, data=d) for d in outcome]
     for report in reports:
         hook.pytest_runtest_logreport(report=report)
+    # Tear down what earlier tests set up and the next one does not share (module fixtures), as
+    # pytest's own teardown step would: nothing ran here, but the setup stack must move on.
+    item.session._setupstate.teardown_exact(nextitem)
     hook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
