@@ -116,7 +116,6 @@ def test_prediction_is_exact_for_a_mac_linear_runtime(subgraphs):
     assert lm.predict(np.zeros_like(flat)) == pytest.approx(lm.before)
 
 
-@pytest.mark.backend
 def test_group_subgraph_holds_the_groups_layers_and_leaves_the_model_alone():
     model = _net()
     graph = kp.analyze(model)
