@@ -20,17 +20,22 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/kerasprune demo
 
+# Tests run on 2 worker processes (pytest-xdist); tests that train run in one child process
+# (tests/isolation.py), grouped on one worker. `make test PYTEST_WORKERS=0` runs them serially.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
 	$(MAKE) --no-print-directory test-tf test-jax test-torch
 
 test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -p no:cacheprovider
+	KERAS_BACKEND=tensorflow $(PYTEST)
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider -m backend
+	KERAS_BACKEND=jax $(PYTEST) -m backend
 
 test-torch: $(STAMP)
-	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider -m backend
+	KERAS_BACKEND=torch $(PYTEST) -m backend
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -62,6 +62,9 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if in_child():
         return
+    for item in items:
+        if item.get_closest_marker(MARK):  # with pytest-xdist (--dist loadgroup): all on one worker, one child
+            item.add_marker(pytest.mark.xdist_group("isolated"))
     config._kp_isolated["pending"] = [i.nodeid for i in items if i.get_closest_marker(MARK)]
 
 
