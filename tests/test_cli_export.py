@@ -147,3 +147,22 @@ def test_runner_thread_count_is_checked(tmp_path):
 
     with pytest.raises(PruningError, match="num_threads must be a positive integer"):
         export.load_onnx(tmp_path / "never-read.onnx", num_threads=0)
+
+
+def test_report_fold_bn_compares_the_folded_models_too(tmp_path, capsys, monkeypatch):
+    """`report --fold-bn`: the deploy-time latency (BatchNorm folded) next to the unfolded one."""
+    monkeypatch.setenv("COLUMNS", "200")
+    import kerasprune as kp
+
+    model = _model()
+    before, after = tmp_path / "a.keras", tmp_path / "b.keras"
+    model.save(before)
+    kp.remove_filters(model, {"c1": [0, 1, 2]}).save(after)
+    code = main(["report", str(before), str(after), "--runs", "10", "--fold-bn", "--json", str(tmp_path / "r.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "With BatchNorm folded" in out
+    doc = json.loads((tmp_path / "r.json").read_text())
+    unfolded, folded = doc["after"], doc["folded"]["after"]
+    assert folded["params"] < unfolded["params"]  # the BatchNorm parameters are gone
+    assert folded["flops"] == unfolded["flops"] and folded["latency"]["median_ms"] > 0

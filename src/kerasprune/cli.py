@@ -354,6 +354,7 @@ def report_cmd(
     batch_size: Annotated[int, typer.Option(metavar="N", rich_help_panel=MEASURE, help="Batch size for the latency measurement.")] = 1,
     runtime: Annotated[str, typer.Option(metavar="keras|litert|onnx", rich_help_panel=MEASURE, help="Runtime to time the models on.")] = "keras",
     breakdown: Annotated[bool, typer.Option("--breakdown", rich_help_panel=MEASURE, help="Time every layer alone; flag layers not faster with their MACs.")] = False,
+    fold_bn: Annotated[bool, typer.Option("--fold-bn", rich_help_panel=MEASURE, help="Also compare both models with BatchNorm folded into the convolutions (as export --fold-bn deploys them).")] = False,
     force: Force = False,
     imports: Imports = None,
     channelwise: Channelwise = None,
@@ -380,20 +381,32 @@ def report_cmd(
                 a, b, data=xy, latency=runs > 0, runs=max(runs, 1), batch_size=batch_size,
                 before_path=before, after_path=after, runtime=runtime, breakdown=breakdown,
             )  # fmt: skip
+        folded = None
+        if fold_bn:
+            from kerasprune.deploy import fold_batchnorm
+
+            with step("Measuring both models with BatchNorm folded"):
+                folded = compare(
+                    fold_batchnorm(a), fold_batchnorm(b), latency=runs > 0, runs=max(runs, 1),
+                    batch_size=batch_size, runtime=runtime,
+                )  # fmt: skip
+    doc = comparison.to_dict() | ({"folded": folded.to_dict()} if folded is not None else {})
     if to_stdout:
-        out().print_json(json.dumps(comparison.to_dict()))
+        out().print_json(json.dumps(doc))
         return
     render.print_comparison(comparison, f"{before} vs {after}")
     render.print_changes(a, b)
     if comparison.breakdown is not None:
         render.print_breakdown(comparison.breakdown)
+    if folded is not None:
+        render.print_comparison(folded, "With BatchNorm folded (as export --fold-bn deploys them)")
     if plots is not None:
         from kerasprune.plots import plot_pruning
 
         plot_pruning(plots, a, b, overwrite=force)
         out().print(f"Plots written to {plots}")
     if json_out is not None:
-        write_text(json.dumps(comparison.to_dict(), indent=2), json_out, overwrite=force)
+        write_text(json.dumps(doc, indent=2), json_out, overwrite=force)
         out().print(f"Report written to {json_out}")
 
 
