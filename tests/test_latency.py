@@ -287,12 +287,21 @@ def test_keras_runtime_measures_and_states_threads(fold):
 
 @pytest.mark.backend
 def test_latency_target_smoke_on_keras():
-    """Real timing: nothing about speed is asserted beyond the guard."""
+    """Real timing: nothing about speed is asserted beyond the guard.
+
+    On a loaded machine (tests run on parallel workers) a model this small may measure no faster
+    even with every removable channel gone; then the answer is the clear refusal, with the
+    measurement, never a plan measured slower than the original.
+    """
     model = _net(channels=48, size=24)
-    sel = kp.select(
-        model, "l1", target_latency=0.8, runtime="keras", latency_batch_size=2,
-        latency_options={"widths": (0.5,), "runs": 3, "warmup": 1, "measure_runs": 5, "max_refine": 1},
-    )
+    try:
+        sel = kp.select(
+            model, "l1", target_latency=0.8, runtime="keras", latency_batch_size=2,
+            latency_options={"widths": (0.5,), "runs": 3, "warmup": 1, "measure_runs": 5, "max_refine": 1},
+        )
+    except PruningError as e:
+        assert "is unreachable on keras (batch 2)" in str(e) and "was measured to keep" in str(e)
+        return
     assert sel.runtime == "keras" and sel.latency_before_ms > 0 and sel.latency_after_ms > 0
     assert sel.latency_predicted_ms is not None and sel.runtime_info["threads"] >= 1
     assert len(sel) == 0 or sel.latency_after_ms < sel.latency_before_ms  # the guard
