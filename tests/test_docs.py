@@ -16,12 +16,19 @@ def python_blocks(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("index", range(len(python_blocks(ROOT / "docs" / "rules.md"))))
 def test_rule_author_examples_run(index):
+    """Each worked example registers its rule and checks, with its own asserts, that the layer
+    prunes (removed == masked, smaller weights)."""
+    block = python_blocks(ROOT / "docs" / "rules.md")[index]
+    assert "register_rule(" in block and "assert " in block, "a worked example registers a rule and checks it"
     before = kp.rules.registered()
     try:
-        exec(compile(python_blocks(ROOT / "docs" / "rules.md")[index], f"rules.md[{index}]", "exec"), {})
+        exec(compile(block, f"rules.md[{index}]", "exec"), {})
+        added = set(kp.rules.registered()) - set(before)
+        assert added, "the example registered its layer's rule"
     finally:
         for cls in set(kp.rules.registered()) - set(before):
             kp.unregister_rule(cls)
+    assert set(kp.rules.registered()) == set(before)
 
 
 def test_rule_missing_analyze_is_refused_by_name():

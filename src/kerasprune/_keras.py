@@ -74,6 +74,13 @@ def op_classes(area: str, names) -> list[type]:
     return [c for c in found if c is not None]
 
 
+def in_layer_area(layer, areas) -> bool:
+    """Whether `layer`'s class is one of Keras's own, from one of the `keras.src.layers.<area>`
+    packages (e.g. `"merging"`, `"pooling"`)."""
+    module = type(layer).__module__ or ""
+    return any(module.startswith(f"keras.src.layers.{area}") for area in areas)
+
+
 def activation_classes(names) -> list[type]:
     """The operation classes that `keras.activations` functions create on symbolic tensors.
 
@@ -342,6 +349,10 @@ def missing() -> list[str]:
         out.append("CallContext.set_value")
     if not callable(getattr(keras.layers.Layer(), "_flatten_layers", None)):
         out.append("Layer._flatten_layers")
+    for area, example in (("merging", keras.layers.Add()), ("pooling", keras.layers.MaxPooling2D()),
+                          ("reshaping", keras.layers.Flatten())):  # fmt: skip
+        if not in_layer_area(example, (area,)):
+            out.append(f"keras.src.layers.{area} (module of {type(example).__name__})")
     layer = keras.layers.Dense(2)
     layer.build((None, 3))
     if not isinstance(build_shapes(layer), dict):

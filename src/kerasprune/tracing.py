@@ -347,8 +347,7 @@ def _builds_weights_later(layer) -> bool:
     """
     if layer.built:
         return False
-    module = type(layer).__module__ or ""
-    return not any(module.startswith(f"keras.src.layers.{area}") for area in _WEIGHTLESS_AREAS)
+    return not _keras.in_layer_area(layer, _WEIGHTLESS_AREAS)
 
 
 def _same_shape(a: tuple, b: tuple) -> bool:
