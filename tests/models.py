@@ -158,3 +158,31 @@ ALL = {
     "sequential_cnn": sequential_cnn,
     "nested_and_shared": nested_and_shared,
 }
+
+
+def scale_layer_source(package: str) -> str:
+    """Source of a module a user would pass to `--import`: a registered per-channel `Scale`
+    layer and its pruning rule (serialization package `package`, one per test file)."""
+    return f'''
+import keras
+import kerasprune as kp
+
+
+@keras.saving.register_keras_serializable(package="{package}")
+class Scale(keras.layers.Layer):
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(self.channels,), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+    def get_config(self):
+        return {{**super().get_config(), "channels": self.channels}}
+
+
+kp.register_rule(Scale, kp.ChannelParams(("scale",), config_key="channels"))
+'''

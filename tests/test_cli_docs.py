@@ -14,32 +14,11 @@ from keras import layers as L
 import kerasprune as kp
 from kerasprune.cli import main
 from kerasprune.testing import randomize_batchnorm
+from models import scale_layer_source
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
-MY_LAYERS = '''
-import keras
-import kerasprune as kp
-
-
-@keras.saving.register_keras_serializable(package="docs")
-class Scale(keras.layers.Layer):
-    def __init__(self, channels, **kwargs):
-        super().__init__(**kwargs)
-        self.channels = channels
-
-    def build(self, input_shape):
-        self.scale = self.add_weight(shape=(self.channels,), initializer="ones", name="scale")
-
-    def call(self, x):
-        return x * self.scale
-
-    def get_config(self):
-        return {**super().get_config(), "channels": self.channels}
-
-
-kp.register_rule(Scale, kp.ChannelParams(("scale",), config_key="channels"))
-'''
+MY_LAYERS = scale_layer_source("docs")
 
 
 def documented_commands() -> list[str]:

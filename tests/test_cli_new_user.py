@@ -18,6 +18,7 @@ import kerasprune as kp
 from kerasprune.cli import main
 from kerasprune.selection import Selection
 from kerasprune.testing import randomize_batchnorm
+from models import scale_layer_source
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = "a_rather_long_layer_name_from_a_keras_hub_backbone_block_conv"  # 61 characters
@@ -113,29 +114,7 @@ def test_debug_shows_tracebacks_and_logs(files, capsys):
 
 
 # -- 4. the CLI opens every model the library can; messages in CLI words -------------------
-CUSTOM = '''
-import keras
-import kerasprune as kp
-
-
-@keras.saving.register_keras_serializable(package="newuser")
-class Scale(keras.layers.Layer):
-    def __init__(self, channels, **kwargs):
-        super().__init__(**kwargs)
-        self.channels = channels
-
-    def build(self, input_shape):
-        self.scale = self.add_weight(shape=(self.channels,), initializer="ones", name="scale")
-
-    def call(self, x):
-        return x * self.scale
-
-    def get_config(self):
-        return {**super().get_config(), "channels": self.channels}
-
-
-kp.register_rule(Scale, kp.ChannelParams(("scale",), config_key="channels"))
-'''
+CUSTOM = scale_layer_source("newuser")
 
 
 def test_import_registers_custom_layers_and_rules(tmp_path, capsys):
