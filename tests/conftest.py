@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -25,6 +28,17 @@ def assert_removal_equals_masking(model, selection, x=None, tol=TOL):
     assert diff < tol, f"removed vs masked differ by {diff}"
     assert pruned.count_params() < model.count_params() or not selection
     return pruned, masked
+
+
+def run_result_script(script: str, *, timeout: int = 300) -> dict:
+    """Run `script` in a child Python on this backend (it trains: a native crash fails the test)
+    and return the JSON it prints after `RESULT`."""
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT") :])
 
 
 @pytest.fixture(autouse=True)

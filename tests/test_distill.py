@@ -1,16 +1,14 @@
 """Distillation: the soft-target loss is the tempered KL, the distiller is compiled like the
 student, prune_and_finetune(distill=...) and SoftPruning on a Distiller give plain pruned students."""
 
-import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 import kerasprune as kp
+from conftest import run_result_script
 from kerasprune.distill import SoftTargets, distillation_config
 from models import two_conv_classifier
 
@@ -147,18 +145,11 @@ print("RESULT" + json.dumps(result))
 """
 
 
-def _run(script):
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT") :])
 
 
 @pytest.mark.backend
 def test_distilled_finetuning_and_soft_pruning_return_plain_pruned_students():
-    r = _run(SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    r = run_result_script(SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
     # prune_and_finetune(distill=...): the caller's model untouched, a plain pruned student back
     assert r["unchanged"] and r["trainable"]
     assert r["type"] == "Functional" and not r["is_distiller"]

@@ -1,15 +1,13 @@
 """GroupLasso: the proximal step is block soft-thresholding, zero channels are exactly removable."""
 
-import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 import kerasprune as kp
+from conftest import run_result_script
 from kerasprune.testing import max_output_difference
 from models import residual, two_conv_classifier
 
@@ -163,18 +161,11 @@ print("RESULT" + json.dumps(result))
 """
 
 
-def _run(script):
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT") :])
 
 
 @pytest.mark.backend
 def test_group_lasso_inside_fit_shrinks_exactly_and_zeroes_removable_channels():
-    result = _run(SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    result = run_result_script(SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
     n0 = {g: np.asarray(n) for g, n in result["n0"].items()}
     assert len(result["trace"]) == 8  # 4 batches x 2 epochs
     for k, norms in enumerate(result["trace"], start=1):
