@@ -130,6 +130,28 @@ result["student_loss"] = small.evaluate(*val, verbose=0, return_dict=True)["loss
 result["seen"] = sorted(seen.models)
 result["keys"] = sorted(seen.keys)
 
+# teacher=: another model teaches (e.g. the dense model of a GroupLasso-trained copy); it is left alone.
+other = compiled()
+other.fit(*train, epochs=1, batch_size=16, verbose=0)
+other_weights = [keras.ops.convert_to_numpy(w).copy() for w in other.weights]
+
+
+class Teacher(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = [keras.ops.convert_to_numpy(w) for w in self.model.teacher.weights]
+
+
+taught = Teacher()
+kp.prune_and_finetune(
+    model, target_flops=0.6, schedule=[0.6], train_data=train, val_data=val, epochs_per_step=1,
+    distill=True, teacher=other, callbacks=[taught], fit_options={{"batch_size": 16}},
+)
+result["teacher_is_other"] = all(np.array_equal(a, b) for a, b in zip(taught.weights, other_weights))
+result["teacher_is_not_model"] = not all(np.array_equal(a, b) for a, b in zip(taught.weights, before))
+result["other_unchanged"] = other.trainable and all(
+    np.array_equal(a, keras.ops.convert_to_numpy(b)) for a, b in zip(other_weights, other.weights)
+)
+
 # SoftPruning and GroupLasso given to the fit of a Distiller act on its student.
 teacher, student = compiled(), compiled()
 distiller = kp.make_distiller(teacher, student)
@@ -164,3 +186,5 @@ def test_distilled_finetuning_and_soft_pruning_return_plain_pruned_students():
     assert r["soft_type"] == "Functional" and r["soft_widths"] == [4, 4]
     assert r["soft_diff"] < 1e-4
     assert r["lasso_on_student"]
+    # teacher=: the distiller's teacher holds the given model's weights; that model is left alone
+    assert r["teacher_is_other"] and r["teacher_is_not_model"] and r["other_unchanged"]

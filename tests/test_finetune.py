@@ -90,6 +90,11 @@ def test_errors():
         kp.prune_and_finetune(model, target_ratio=0.5, steps=0, train_data=train, val_data=val)
     with pytest.raises(kp.PruningError, match="monitor 'val_top5' is not in"):
         kp.prune_and_finetune(model, target_ratio=0.5, monitor="val_top5", train_data=train, val_data=val)
+    with pytest.raises(kp.PruningError, match="teacher= is only used with distill="):
+        kp.prune_and_finetune(model, target_ratio=0.5, teacher=_model(), train_data=train, val_data=val)
+    three = two_conv_classifier(channels=1, classes=3, softmax=True)
+    with pytest.raises(kp.PruningError, match=r"outputs \[\(None, 3\)\], model '.*' outputs \[\(None, 2\)\]"):
+        kp.prune_and_finetune(model, target_ratio=0.5, distill=True, teacher=three, train_data=train, val_data=val)
     raw = _model(compile=False)
     with pytest.raises(kp.PruningError, match="is not compiled"):
         kp.prune_and_finetune(raw, target_ratio=0.5, train_data=train, val_data=val)

@@ -101,6 +101,33 @@ def test_ratio_penalizes_only_the_weakest_channels_of_each_group():
         assert np.array_equal(new_gamma[~hit], gamma[~hit]) and np.array_equal(new_beta[~hit], beta[~hit])
 
 
+@pytest.mark.backend
+def test_target_flops_penalizes_what_a_global_select_would_remove():
+    model = residual()
+    lasso = _attached(model, target_flops=lambda epoch: 1.0 if epoch == 0 else 0.4, min_keep=2)
+    before = lasso.norms()
+    lasso.on_epoch_begin(0)  # 1.0: nothing is penalized
+    lasso._weights.shrink(100.0)
+    assert all(np.array_equal(n, before[g]) for g, n in lasso.norms().items())
+    lasso.on_epoch_begin(1)
+    chosen = {g: np.flatnonzero(m) for g, m in lasso._weights.active.items()}
+    # the reference: select ranking the same norms (normalized per group), with the same target and min_keep
+    expected = kp.select(
+        model, kp.criteria.group_criterion(lambda g, ctx: before[g.id]), target_flops=0.4, min_keep=2
+    ).plan_for(model).removed
+    assert {g: c.tolist() for g, c in chosen.items() if len(c)} == {g: list(c) for g, c in expected.items()}
+    sizes = {g: len(c) for g, c in chosen.items()}
+    assert len({sizes[g] / len(before[g]) for g in sizes}) > 1  # not the same share of every group
+    lasso._weights.shrink(100.0)
+    after = lasso.norms()
+    for g, n in after.items():
+        hit = np.zeros(len(n), dtype=bool)
+        hit[chosen[g]] = True
+        assert np.all(n[hit] == 0) and np.array_equal(n[~hit], before[g][~hit])
+    pruned = kp.remove_filters(model, kp.select(model, "bn_gamma", threshold=1e-30))
+    assert kp.count_flops(pruned) <= 0.4 * kp.count_flops(model)
+
+
 def test_errors():
     with pytest.raises(kp.PruningError, match="strength"):
         kp.GroupLasso(0.0)
@@ -112,6 +139,18 @@ def test_errors():
         kp.GroupLasso(1.0, learning_rate=-1.0)
     with pytest.raises(kp.PruningError, match="once training has started"):
         kp.GroupLasso(1.0).norms()
+    with pytest.raises(kp.PruningError, match="ratio or target_flops, not both"):
+        kp.GroupLasso(1.0, ratio=0.5, target_flops=0.5)
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(kp.PruningError, match=r"target_flops must be a fraction of the MACs in \(0, 1\]"):
+            kp.GroupLasso(1.0, target_flops=bad)
+    with pytest.raises(kp.PruningError, match="criterion= ranks channels for target_flops="):
+        kp.GroupLasso(1.0, criterion="l1")
+    with pytest.raises(kp.PruningError, match="min_keep"):
+        kp.GroupLasso(1.0, target_flops=0.5, min_keep=0)
+    lasso = _attached(two_conv_classifier(channels=3, classes=3), target_flops=lambda epoch: 0.0)
+    with pytest.raises(kp.PruningError, match="schedule at epoch 3 must be a fraction"):
+        lasso.on_epoch_begin(3)
 
 
 SCRIPT = """
@@ -157,6 +196,16 @@ pruned = kp.remove_filters(model, selection)
 result["zero"] = zero
 result["removed"] = {{c.group: len(c.removed) for c in selection.groups}}
 result["diff"] = float(np.abs(pruned.predict(x[:8], verbose=0) - model.predict(x[:8], verbose=0)).max())
+
+# 3. target_flops inside fit: the channels a global selection at 50% of the MACs removes reach zero;
+#    removing exactly the zero channels meets the target and changes nothing.
+model = two_conv_classifier(channels=3, classes=3, bn_seed=1)
+model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+model.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[kp.GroupLasso(20.0, target_flops=0.5)])
+zeros = kp.select(model, "bn_gamma", threshold=1e-30)
+small = kp.remove_filters(model, zeros)
+result["target_ratio"] = kp.count_flops(small) / kp.count_flops(model)
+result["target_diff"] = float(np.abs(small.predict(x[:8], verbose=0) - model.predict(x[:8], verbose=0)).max())
 print("RESULT" + json.dumps(result))
 """
 
@@ -175,3 +224,4 @@ def test_group_lasso_inside_fit_shrinks_exactly_and_zeroes_removable_channels():
     zero = {int(g): z for g, z in result["zero"].items() if z}
     assert zero == {int(g): r for g, r in result["removed"].items() if r}
     assert result["diff"] < 1e-5
+    assert 0.4 < result["target_ratio"] <= 0.5 and result["target_diff"] < 1e-5

@@ -127,6 +127,7 @@ def prune_and_finetune(
     verbose: int | bool = 1,
     schedule: str | Sequence[float] | PruningSchedule = "linear",
     distill: bool | dict | Distillation | None = None,
+    teacher: keras.Model | None = None,
 ) -> tuple[keras.Model, FinetuneHistory]:
     """Remove filters in `steps` steps towards a target, fine-tuning after each.
 
@@ -169,6 +170,10 @@ def prune_and_finetune(
             student; `callbacks` see the `keras.distillation.Distiller` as their
             model, and the validation logs hold the student's own loss and
             metrics. See `kerasprune.make_distiller`.
+        teacher: The model to distill from instead of `model` (not modified;
+            copied and frozen): e.g. the ordinary trained model when `model` is
+            its sparsity-trained copy (`GroupLasso`). It must take the same
+            inputs and give outputs of the same shape. Needs `distill`.
 
     Returns:
         `(pruned_model, history)`: the model of the last step, restored to its best
@@ -192,11 +197,12 @@ def prune_and_finetune(
     plan = resolve_schedule(schedule, final, steps)
     steps = plan.steps
     distill = distillation_config(distill)
+    _check_teacher(model, teacher, distill)
     if distill is not None and not epochs_per_step:
         log.warning("prune_and_finetune: distill is ignored with epochs_per_step=0 (nothing is fine-tuned)")
     if distill is not None and epochs_per_step:
         with _strategy_scope(model):
-            teacher = frozen_copy(model)  # one frozen copy of the unpruned model teaches every step
+            teacher = frozen_copy(model if teacher is None else teacher)  # one frozen copy teaches every step
     compile_config = model.get_compile_config()
     scope = scope or ("global" if target_flops is not None else "local")
     select_options = dict(select_options or {})
@@ -270,6 +276,24 @@ def _check_args(model, target_ratio, target_flops, steps, epochs_per_step, mode,
         raise PruningError(
             f"Model '{model.name}' is not compiled; prune_and_finetune fine-tunes with the model's own "
             "loss, optimizer and metrics, so compile it first"
+        )
+
+
+def _check_teacher(model, teacher, distill) -> None:
+    if teacher is None:
+        return
+    if distill is None:
+        raise PruningError("prune_and_finetune: teacher= is only used with distill=...; give distill=True (or a config)")
+    if not isinstance(teacher, keras.Model):
+        raise PruningError(f"teacher must be a keras.Model. Received: {type(teacher).__name__}")
+    mine, theirs = (
+        [tuple(t.shape) for t in keras.tree.flatten(m.outputs)] if getattr(m, "outputs", None) else None
+        for m in (model, teacher)
+    )
+    if mine is not None and theirs is not None and mine != theirs:
+        raise PruningError(
+            f"teacher '{teacher.name}' ({type(teacher).__name__}) outputs {theirs}, model '{model.name}' outputs "
+            f"{mine}: distillation needs outputs of the same shape"
         )
 
 

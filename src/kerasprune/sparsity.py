@@ -34,6 +34,12 @@ Which channels (`ratio`):
   (re-chosen at the start of every epoch), is penalized; the others are left
   alone. This drives exactly the channels that will be removed to zero while the
   rest of the network adapts (compare "growing regularization", Wang et al. 2021).
+- `target_flops`, a fraction of the MACs or a schedule `epoch -> fraction`
+  (instead of `ratio`): the channels that `select(model, criterion,
+  target_flops=...)` would remove now (global ranking across groups, re-chosen
+  at the start of every epoch) are penalized. The budget is then spent where
+  the ranking says, not as the same share of every group, and the network
+  that survives the shrinkage is the one the final `select` keeps.
 
 Afterwards, `select(model, "bn_gamma" or "l2", target_flops=...)` removes the
 near-zero channels; the accuracy right after pruning then stays close to the
@@ -44,12 +50,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
+from kerasprune.allocation import select
+from kerasprune.criteria import group_criterion
 from kerasprune.distill import student_of
 from kerasprune.errors import PruningError
 from kerasprune.graph import ChannelGraph, Group, analyze
@@ -98,6 +107,16 @@ class _GroupWeights:
             n = min(int(math.floor(ratio * g.size + 1e-9)), g.size)
             mask = np.zeros(g.size, dtype=bool)
             mask[np.argsort(norms[g.id], kind="stable")[:n]] = True
+            self.active[g.id] = mask
+        self._active = {gid: keras.ops.convert_to_tensor(m) for gid, m in self.active.items()}
+        return self.active
+
+    def choose_channels(self, removed) -> dict[int, np.ndarray]:
+        """Penalize exactly the given channels, `{group id: channel indices}` (other groups: none)."""
+        self.active = {}
+        for g in self.groups:
+            mask = np.zeros(g.size, dtype=bool)
+            mask[np.asarray(removed.get(g.id, ()), dtype=np.int64)] = True
             self.active[g.id] = mask
         self._active = {gid: keras.ops.convert_to_tensor(m) for gid, m in self.active.items()}
         return self.active
@@ -178,6 +197,12 @@ def group_norms(
     return _GroupWeights(graph, choose_groups(graph, groups), penalize).norms()
 
 
+def _check_target(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise PruningError(f"GroupLasso: {what} must be a fraction of the MACs in (0, 1]. Received: {value!r}")
+    return float(value)
+
+
 def _check_penalize(penalize: str) -> None:
     if penalize not in PENALIZE:
         raise PruningError(f"penalize must be one of {PENALIZE}. Received: penalize={penalize!r}")
@@ -197,6 +222,13 @@ class GroupLasso(keras.callbacks.Callback):
         ratio: `None` (every channel), a fraction in (0, 1), or a callable
             `epoch -> fraction`: the share of each group's channels, smallest
             norms first, penalized during that epoch.
+        target_flops: Instead of `ratio`: a fraction of the model's MACs in
+            (0, 1], or a callable `epoch -> fraction`; the channels a global
+            `select(..., target_flops=...)` by `criterion` would remove are
+            penalized during that epoch (1.0: none).
+        criterion: Ranking for `target_flops` (default: the channel norms this
+            penalty shrinks, normalized per group as `select` does).
+        min_keep: For `target_flops`: never penalize a group down below this.
         penalize: `"auto"`, `"normalization"` (BN gamma and beta) or `"all"`.
         groups: Group ids or layer names (default: every prunable group).
         learning_rate: A fixed step size instead of the optimizer's current one.
@@ -216,6 +248,9 @@ class GroupLasso(keras.callbacks.Callback):
         strength: float,
         *,
         ratio: float | Callable[[int], float] | None = None,
+        target_flops: float | Callable[[int], float] | None = None,
+        criterion=None,
+        min_keep: int = 1,
         penalize: str = "auto",
         groups: Iterable[int | str] | None = None,
         learning_rate: float | None = None,
@@ -227,9 +262,20 @@ class GroupLasso(keras.callbacks.Callback):
             raise PruningError(f"learning_rate must be positive. Received: learning_rate={learning_rate!r}")
         if ratio is not None and not callable(ratio) and not 0.0 < ratio < 1.0:
             raise PruningError(f"GroupLasso.ratio must be in (0, 1) or a schedule. Received: ratio={ratio!r}")
+        if ratio is not None and target_flops is not None:
+            raise PruningError("GroupLasso: give ratio or target_flops, not both")
+        if target_flops is not None and not callable(target_flops):
+            _check_target(target_flops, "target_flops")
+        if criterion is not None and target_flops is None:
+            raise PruningError("GroupLasso: criterion= ranks channels for target_flops=; give target_flops too")
+        if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 1:
+            raise PruningError(f"GroupLasso.min_keep must be a positive integer. Received: min_keep={min_keep!r}")
         _check_penalize(penalize)
         self.strength = float(strength)
         self.ratio = ratio
+        self.target_flops = target_flops
+        self.criterion = criterion
+        self.min_keep = min_keep
         self.penalize = penalize
         self.groups = None if groups is None else list(groups)
         self.learning_rate = learning_rate
@@ -246,6 +292,8 @@ class GroupLasso(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self.target_flops is not None:
+            return self._choose_for_target(epoch)
         if self.ratio is None:
             return
         ratio = float(self.ratio(epoch)) if callable(self.ratio) else float(self.ratio)
@@ -254,6 +302,26 @@ class GroupLasso(keras.callbacks.Callback):
         self._sync()
         chosen = self._weights.choose(ratio)
         log.info("GroupLasso: epoch %d, %d channels penalized", epoch, sum(int(m.sum()) for m in chosen.values()))
+
+    def _choose_for_target(self, epoch: int) -> None:
+        t = self.target_flops
+        t = _check_target(float(t(epoch)) if callable(t) else float(t), f"the target_flops schedule at epoch {epoch}")
+        self._sync()
+        weights = self._weights
+        if t >= 1.0:
+            chosen = weights.choose_channels({})
+        else:
+            norms = weights.norms()
+            criterion = self.criterion or group_criterion(lambda g, ctx: norms[g.id], name="group_norm")
+            sel = select(
+                self.graph.model, criterion, target_flops=t, graph=self.graph, min_keep=self.min_keep,
+                include=[re.compile(re.escape(layer)) for g in weights.groups for layer in g.layers],
+            )
+            chosen = weights.choose_channels(sel.plan_for(self.graph.model).removed)
+        log.info(
+            "GroupLasso: epoch %d, target_flops %.3g, %d channels penalized",
+            epoch, t, sum(int(m.sum()) for m in chosen.values()),
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         self._sync()
