@@ -79,6 +79,23 @@ def test_restores_pruned_weights_when_training_only_hurts():
     assert small.get_layer("c1").filters == 4 and small.get_layer("c2").filters == 4
 
 
+def test_recalibrate_recomputes_the_batchnorm_statistics_of_every_pruned_model():
+    train, val = _data()
+    model = _model()
+    small, _ = kp.prune_and_finetune(
+        model, target_ratio=0.5, steps=1, train_data=train, val_data=val, epochs_per_step=0, recalibrate=train[0]
+    )
+    reference = kp.remove_filters(model, kp.select(model, "l1", ratio=0.5))
+    as_is = [keras.ops.convert_to_numpy(w) for w in reference.non_trainable_weights]
+    kp.recalibrate_batchnorm(reference, train[0])
+    expected = [keras.ops.convert_to_numpy(w) for w in reference.non_trainable_weights]
+    got = [keras.ops.convert_to_numpy(w) for w in small.non_trainable_weights]
+    assert len(got) == len(expected) == 4  # two BatchNormalizations: moving mean and variance
+    for g, e, a in zip(got, expected, as_is):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(g, a)  # the pruned model's own statistics were replaced
+
+
 def test_errors():
     train, val = _data()
     model = _model()

@@ -47,6 +47,7 @@ from kerasprune.distill import (
 from kerasprune.errors import PruningError
 from kerasprune.flops import count_flops, count_params
 from kerasprune.graph import analyze
+from kerasprune.recalibrate import recalibrate_batchnorm
 from kerasprune.schedules import PruningSchedule, resolve_schedule
 from kerasprune.stack import safe_training, warn_if_at_risk
 from kerasprune.surgery import remove_filters
@@ -128,6 +129,7 @@ def prune_and_finetune(
     schedule: str | Sequence[float] | PruningSchedule = "linear",
     distill: bool | dict | Distillation | None = None,
     teacher: keras.Model | None = None,
+    recalibrate: Any = None,
 ) -> tuple[keras.Model, FinetuneHistory]:
     """Remove filters in `steps` steps towards a target, fine-tuning after each.
 
@@ -174,6 +176,10 @@ def prune_and_finetune(
             copied and frozen): e.g. the ordinary trained model when `model` is
             its sparsity-trained copy (`GroupLasso`). It must take the same
             inputs and give outputs of the same shape. Needs `distill`.
+        recalibrate: Training inputs (e.g. `x_train[:1000]`, any form
+            `kerasprune.recalibrate_batchnorm` takes) to recompute the pruned
+            model's BatchNormalization statistics from, after every removal and
+            before its fine-tuning (the recalibrated model is epoch 0).
 
     Returns:
         `(pruned_model, history)`: the model of the last step, restored to its best
@@ -225,6 +231,8 @@ def prune_and_finetune(
         with _strategy_scope(model):
             pruned = remove_filters(current, selection, graph=graph)
             pruned.compile_from_config(compile_config)
+        if recalibrate is not None:
+            recalibrate_batchnorm(pruned, recalibrate)
         best = _BestCheckpoint(monitor, sign, _evaluate(pruned, val_data, monitor), pruned.get_weights(), pruned)
         if epochs_per_step:
             progress = [_Progress(k, steps, epochs_per_step, monitor)] if verbose else []
