@@ -281,6 +281,7 @@ class GroupLasso(keras.callbacks.Callback):
         self.learning_rate = learning_rate
         self.graph: ChannelGraph | None = None
         self._weights: _GroupWeights | None = None
+        self._warned = False
 
     def on_train_begin(self, logs=None):
         target = student_of(self.model)
@@ -313,10 +314,20 @@ class GroupLasso(keras.callbacks.Callback):
         else:
             norms = weights.norms()
             criterion = self.criterion or group_criterion(lambda g, ctx: norms[g.id], name="group_norm")
-            sel = select(
-                self.graph.model, criterion, target_flops=t, graph=self.graph, min_keep=self.min_keep,
-                include=[re.compile(re.escape(layer)) for g in weights.groups for layer in g.layers],
-            )
+            quiet = logging.getLogger(select.__module__)  # its per-epoch warnings: once, below
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                sel = select(
+                    self.graph.model, criterion, target_flops=t, graph=self.graph, min_keep=self.min_keep,
+                    include=[re.compile(re.escape(layer)) for g in weights.groups for layer in g.layers],
+                )
+            finally:
+                quiet.setLevel(level)
+            if sel.warnings and not self._warned:  # once per callback (the counts change every epoch)
+                self._warned = True
+                for w in sel.warnings:
+                    log.warning("GroupLasso (target_flops), epoch %d: %s", epoch, w)
             chosen = weights.choose_channels(sel.plan_for(self.graph.model).removed)
         log.info(
             "GroupLasso: epoch %d, target_flops %.3g, %d channels penalized",
