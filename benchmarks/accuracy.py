@@ -16,10 +16,16 @@ and a ResNet-style CNN with BatchNorm) and seed:
    epochs (best epoch by validation accuracy), record the test accuracy.
    Methods: criteria `l1`, `fpgm`, `bn_gamma`, `taylor`, `random` one-shot;
    `l1` iterative (3 geometric steps of 1 epoch each); `sparse` = the model trained
-   from scratch (same epochs) with `kp.GroupLasso(strength, ratio=...)` driving the
-   weakest `sparsity` share of every group's channels to zero (the share ramps up
-   over the first epochs), then pruned by `bn_gamma`; `+kd` = fine-tuning with
-   distillation from the unpruned model. Every selection keeps >= `min_keep`
+   from scratch (same epochs) with `kp.GroupLasso(strength, target_flops=...)`
+   driving the channels a global selection at the target would remove to zero
+   (the target ramps from 100% of the MACs down to it over the first epochs; one
+   such model per target), then pruned by `bn_gamma`; `sparse uniform` = one model
+   trained with `GroupLasso(strength, ratio=...)` on the weakest `sparsity` share of
+   every group's channels, for every target; `+kd` = fine-tuning with distillation
+   from the ordinary unpruned model (for `sparse +kd`: `teacher=` that model, not
+   the penalized one the student comes from); `+bn` = `recalibrate=` (BN statistics
+   recomputed on 1,000 training images before fine-tuning; the fair model is also
+   measured so recalibrated, as their like-for-like reference). Every selection keeps >= `min_keep`
    channels per group (otherwise global ranking can leave a cheap layer, e.g. the
    dense `fc1`, with a single unit at 5-10% of the MACs).
 
@@ -63,19 +69,22 @@ from output import RESULTS, add_update_flag, announce, results_dir  # noqa: E402
 
 TARGETS = (0.5, 0.25, 0.1, 0.05)
 CRITERIA = ("l1", "fpgm", "bn_gamma", "taylor", "random")
-# (name, criterion, iterative, distill, sparse)
+# (name, criterion, iterative, distill, sparse: None, "target" (GroupLasso(target_flops=)) or "uniform" (ratio=))
 METHODS = (
-    *((c, c, False, False, False) for c in CRITERIA),
-    ("l1 iterative", "l1", True, False, False),
-    ("sparse", "bn_gamma", False, False, True),
-    ("l1 +kd", "l1", False, True, False),
-    ("sparse +kd", "bn_gamma", False, True, True),
+    *((c, c, False, False, None) for c in CRITERIA),
+    ("l1 iterative", "l1", True, False, None),
+    ("l1 +kd", "l1", False, True, None),
+    ("sparse uniform", "bn_gamma", False, False, "uniform"),
+    ("sparse", "bn_gamma", False, False, "target"),
+    ("sparse +kd", "bn_gamma", False, True, "target"),
+    ("sparse +bn", "bn_gamma", False, False, "target"),  # recalibrate=: BN statistics recomputed before fine-tuning
 )
+RAMP_EPOCHS = 3  # GroupLasso's target (or share) reaches its final value at this epoch
 FULL = dict(base=8, decay=3, finetune=3, strength=5.0, sparsity=0.6, batch=50, ft_batch=100, seeds=3, targets=TARGETS,
             min_keep=4)
 QUICK = dict(base=3, decay=1, finetune=1, strength=5.0, sparsity=0.6, batch=50, ft_batch=100, seeds=1, targets=(0.5, 0.1),
              min_keep=4)
-QUICK_METHODS = ("l1", "random", "l1 iterative", "sparse", "sparse +kd")
+QUICK_METHODS = ("l1", "random", "l1 iterative", "sparse uniform", "sparse", "sparse +kd")
 DISTILL = kp.Distillation(temperature=4.0, alpha=0.5)
 BN_MOMENTUM = 0.9  # short fine-tuning: moving statistics must follow the pruned network within ~100 steps
 
@@ -251,23 +260,33 @@ def run_cell(dataset, arch, seed, cfg, methods, log):
     if best.weights is not None:
         fair.set_weights(best.weights)
     info["fair"] = accuracy(fair, test)
-    sparse = None
-    if any(m[4] for m in methods):
-        ramp = kp.PolynomialSchedule(0.0, cfg["sparsity"], begin=0, end=min(3, cfg["base"] - 1))
-        sparse = _train(arch, train, classes, cfg, seed, [kp.GroupLasso(cfg["strength"], ratio=ramp)])
-        norms = kp.group_norms(sparse)
-        info["sparse_unpruned"] = accuracy(sparse, test)
-        info["sparse_zero_channels"] = float(np.mean(np.concatenate(list(norms.values())) == 0))
-    log(
-        f"{dataset}/{arch}/seed {seed}: base {base_seconds:.0f}s, unpruned {info['unpruned']:.4f}, fair "
-        f"{info['fair']:.4f}" + (f", sparse {info['sparse_unpruned']:.4f} ({info['sparse_zero_channels']:.0%} "
-                                 "channels at 0)" if sparse is not None else "")
-    )
+    kp.recalibrate_batchnorm(fair, calibration, batch_size=100)  # does recalibration alone lift the baseline?
+    info["fair_recalibrated"] = accuracy(fair, test)
+    log(f"{dataset}/{arch}/seed {seed}: base {base_seconds:.0f}s, unpruned {info['unpruned']:.4f}, fair {info['fair']:.4f}")
+    sparse = {}  # (kind, target) -> the GroupLasso-trained model
+    end = min(RAMP_EPOCHS, cfg["base"] - 1)
+
+    def sparse_model(kind, target):
+        key = (kind, None if kind == "uniform" else target)
+        if key not in sparse:
+            if kind == "uniform":
+                lasso = kp.GroupLasso(cfg["strength"], ratio=kp.PolynomialSchedule(0.0, cfg["sparsity"], begin=0, end=end))
+            else:
+                lasso = kp.GroupLasso(cfg["strength"], target_flops=lambda e: 1.0 - (1.0 - target) * min(1.0, e / end),
+                                      min_keep=cfg["min_keep"])
+            sparse[key] = m = _train(arch, train, classes, cfg, seed, [lasso])
+            zero = float(np.mean(np.concatenate(list(kp.group_norms(m).values())) == 0))
+            name = "uniform" if kind == "uniform" else f"target {target:.0%}"
+            info.setdefault("sparse_unpruned", {})[name] = accuracy(m, test)
+            info.setdefault("sparse_zero_channels", {})[name] = zero
+            log(f"  GroupLasso {name}: unpruned {info['sparse_unpruned'][name]:.4f}, {zero:.0%} of the channels at 0")
+        return sparse[key]
+
     batches = [(train[0][i : i + 128], train[1][i : i + 128]) for i in range(0, 512, 128)]
     rows = []
-    for name, crit, iterative, distill, use_sparse in methods:
-        source = sparse if use_sparse else model
+    for name, crit, iterative, distill, kind in methods:
         for target in cfg["targets"]:
+            source = sparse_model(kind, target) if kind else model
             t = time.perf_counter()
             keras.utils.set_random_seed(seed)
             after = _AfterPruning(test, calibration)
@@ -275,7 +294,9 @@ def run_cell(dataset, arch, seed, cfg, methods, log):
                 source, criterion=crit, target_flops=target, train_data=train, val_data=val,
                 schedule=kp.PruningSchedule.geometric(target, 3) if iterative else [target],
                 epochs_per_step=1 if iterative else cfg["finetune"], callbacks=[after],
-                distill=DISTILL if distill else None, data=batches, loss="sparse_categorical_crossentropy",
+                distill=DISTILL if distill else None, teacher=model if distill and kind else None,
+                data=batches, loss="sparse_categorical_crossentropy",
+                recalibrate=calibration if name.endswith("+bn") else None,
                 seed=seed, fit_options=fit, select_options={"min_keep": cfg["min_keep"]},
             )
             rows.append({
@@ -332,16 +353,20 @@ def table(payload) -> str:
         f"model trained {cfg['finetune']} more epochs the same way ({cfg['base'] + cfg['finetune']} in total, as every "
         f"pruned model). Global ranking to the MACs target (min_keep={cfg['min_keep']}), one shot unless *iterative* "
         f"(3 geometric steps, 1 epoch each). *sparse*: trained from the start (same epochs) with `GroupLasso("
-        f"{cfg['strength']}, ratio=...)` on the weakest {cfg['sparsity']:.0%} of every group's channels (ramped up over "
-        "the first epochs), pruned by `bn_gamma`. *+kd*: fine-tuned with distillation from the unpruned model "
-        f"(T={DISTILL.temperature}, "
-        f"alpha={DISTILL.alpha}). Test accuracy in %, mean ± sd over seeds (paired deltas: per seed, minus that "
-        "seed's fair model).",
+        f"{cfg['strength']}, target_flops=...)`, the target ramping from 100% of the MACs down to the pruning target by "
+        f"epoch {RAMP_EPOCHS} (one model per target), pruned by `bn_gamma`. *sparse uniform*: one model trained with "
+        f"`GroupLasso({cfg['strength']}, ratio=...)` on the weakest {cfg['sparsity']:.0%} of every group's channels "
+        f"(ramped up by epoch {RAMP_EPOCHS}) for every target. *+kd*: fine-tuned with distillation from the ordinary "
+        f"unpruned model (T={DISTILL.temperature}, alpha={DISTILL.alpha}; for *sparse +kd* it is the `teacher=` of "
+        "the GroupLasso-trained student). *+bn*: `recalibrate=` 1,000 training images (BN statistics recomputed "
+        "after removal, before fine-tuning). **fair, BN recalibrated**: the fair model with its BN statistics "
+        "recomputed the same way (the like-for-like reference of the *+bn* methods). "
+        "Test accuracy in %, mean ± sd over seeds (paired deltas: per seed, minus that seed's fair model).",
         "",
         "## Best method per target (after fine-tuning, delta to fair in points)",
         "",
-        "| dataset / model | fair | " + " | ".join(f"{t:.0%} MACs" for t in targets) + " |",
-        "|---|---:|" + "---:|" * len(targets),
+        "| dataset / model | fair | fair, BN recalibrated | " + " | ".join(f"{t:.0%} MACs" for t in targets) + " |",
+        "|---|---:|---:|" + "---:|" * len(targets),
     ]
     for ds, arch, mine, rows in _groups(cells):
         parts = []
@@ -352,25 +377,43 @@ def table(payload) -> str:
                     by.setdefault(r["method"], []).append(r["finetuned"] - r["fair"])
             best = max(by, key=lambda m: statistics.mean(by[m]))
             parts.append(f"{best}: {_ms(by[best], signed=True)}")
-        out.append(f"| {ds} / {arch} | {_ms([c['fair'] for c in mine])} | " + " | ".join(parts) + " |")
+        recal = _ms([c["fair_recalibrated"] for c in mine]) if all("fair_recalibrated" in c for c in mine) else "–"
+        out.append(f"| {ds} / {arch} | {_ms([c['fair'] for c in mine])} | {recal} | " + " | ".join(parts) + " |")
     if 0.25 in targets:
         out.append("")
-        for ds, arch, _, rows in _groups(cells):
+        for ds, arch, mine, rows in _groups(cells):
             by = {}
             for r in rows:
                 if r["target"] == 0.25:
                     by.setdefault(r["method"], []).append(r["finetuned"] - r["fair"])
             best = max(by, key=lambda m: statistics.mean(by[m]))
-            gap = 100 * statistics.mean(by[best])
-            out.append(f"At 25% of the MACs on {ds} / {arch} the best method, `{best}`, is {gap:+.1f} points from the "
-                       f"fair unpruned model: {'within' if gap >= -0.5 else 'not within'} 0.5 points.  ")
+            gap, n = 100 * statistics.mean(by[best]), len(by[best])
+            err = f", standard error {100 * statistics.stdev(by[best]) / n ** 0.5:.2f}" if n > 1 else ""
+            out.append(f"At 25% of the MACs on {ds} / {arch} the best method, `{best}`, is {gap:+.2f} points from the "
+                       f"fair unpruned model ({n} seeds{err}): {'within' if gap >= -0.5 else 'not within'} 0.5 points.  ")
+            if all("fair_recalibrated" in c for c in mine):
+                # like for like: a method that recalibrates BN (+bn) against the fair model recalibrated the same way
+                ref = {c["seed"]: c for c in mine}
+                like = {}
+                for r in rows:
+                    if r["target"] == 0.25:
+                        base = ref[r["seed"]]["fair_recalibrated" if r["method"].endswith("+bn") else "fair"]
+                        like.setdefault(r["method"], []).append(r["finetuned"] - base)
+                best = max(like, key=lambda m: statistics.mean(like[m]))
+                gap = 100 * statistics.mean(like[best])
+                err = f", standard error {100 * statistics.stdev(like[best]) / n ** 0.5:.2f}" if n > 1 else ""
+                out.append(f"Like for like (`+bn` methods against the fair model with its BN statistics recalibrated "
+                           f"too), the best is `{best}`, {gap:+.2f} points ({n} seeds{err}): "
+                           f"{'within' if gap >= -0.5 else 'not within'} 0.5 points.  ")
     for ds, arch, mine, rows in _groups(cells):
         n = len(mine)
         line = (f"Unpruned {_ms([c['unpruned'] for c in mine])}, **fair {_ms([c['fair'] for c in mine])}**, "
                 f"{n} seed{'s' * (n > 1)}, {mine[0]['macs']:,} MACs")
-        if "sparse_unpruned" in mine[0]:
-            line += (f"; GroupLasso-trained (unpruned) {_ms([c['sparse_unpruned'] for c in mine])}, "
-                     f"{_ms([c['sparse_zero_channels'] for c in mine])}% of the channels exactly 0")
+        if all("fair_recalibrated" in c for c in mine):
+            line += f" (fair with its BN statistics recalibrated: {_ms([c['fair_recalibrated'] for c in mine])})"
+        for name in mine[0].get("sparse_unpruned", {}):
+            line += (f"; GroupLasso {name} (unpruned) {_ms([c['sparse_unpruned'][name] for c in mine])}, "
+                     f"{_ms([c['sparse_zero_channels'][name] for c in mine])}% of the channels exactly 0")
         out += ["", f"## {ds} / {arch}", "", line + ".", "", "After fine-tuning (delta to fair):", ""]
         out += _method_table(rows, targets, lambda sel: (
             f"{_ms([r['finetuned'] for r in sel])} ({_ms([r['finetuned'] - r['fair'] for r in sel], signed=True)})"
@@ -405,10 +448,15 @@ def plot(payload, path) -> None:
                     pts.append((100 * macs, statistics.mean(acc), statistics.stdev(acc) if len(acc) > 1 else 0.0))
                 x, y, e = (np.array(v) for v in zip(*pts))
                 style = "--" if "iterative" in method else (":" if "+kd" in method else "-")
-                color = f"C{[m[0] for m in METHODS].index(method) % 10}"  # the same colour in every panel
+                k = [m[0] for m in METHODS].index(method)
+                color = f"C{k}" if k < 10 else ("black", "darkred")[(k - 10) % 2]  # the same colour in every panel
                 ax.errorbar(x, y, yerr=e, fmt=style, color=color, marker="o", ms=3, capsize=2, lw=1.2, label=method)
                 top = max(top, float(np.max(y)))
             ax.axhline(fair, color="black", lw=0.8, ls="-.", label="unpruned (fair)")
+            if all("fair_recalibrated" in c for c in mine):
+                recal = 100 * statistics.mean(c["fair_recalibrated"] for c in mine)
+                ax.axhline(recal, color="gray", lw=0.8, ls="--", label="unpruned (fair), BN recalibrated")
+                top = max(top, recal)
             ax.set_xscale("log")
             ax.set_xticks([5, 10, 25, 50, 100], ["5", "10", "25", "50", "100"])
             ax.set_xlabel("MACs kept (% of the unpruned model)")
@@ -453,6 +501,26 @@ def _worker(spec: str) -> None:
     _atomic(job["out"], json.dumps(out))
 
 
+def _merge_cell(earlier: dict | None, new: dict, methods) -> dict:
+    """`new`, plus the rows of `earlier` (same dataset, model, seed) for the methods not run again.
+
+    Training is seeded and deterministic on CPU, so the rerun's unpruned and fair models are the
+    earlier ones; if they are not (another machine, another library version) the earlier rows
+    are not comparable and the run stops.
+    """
+    if earlier is None:
+        return new
+    for key in ("unpruned", "fair", "macs"):
+        if abs(earlier[key] - new[key]) > 1e-9:
+            raise SystemExit(f"--merge: {key} of {new['dataset']}/{new['model']}/seed {new['seed']} is "
+                             f"{new[key]} now, {earlier[key]} before: the earlier rows are not comparable")
+    out = dict(new, rows=[r for r in earlier["rows"] if r["method"] not in methods] + new["rows"])
+    for key in ("sparse_unpruned", "sparse_zero_channels"):
+        if key in earlier or key in new:
+            out[key] = {**earlier.get(key, {}), **new.get(key, {})}
+    return out
+
+
 def _run_cell_subprocess(job: dict) -> dict:
     env = dict(os.environ)
     for attempt in range(2):
@@ -474,7 +542,8 @@ def main(argv=None):
     p.add_argument("--models", default="vgg,resnet")
     p.add_argument("--seeds", type=int)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
-    p.add_argument("--merge", metavar="JSON", help="keep the cells of an earlier accuracy.json (same config)")
+    p.add_argument("--merge", metavar="JSON", help="keep the cells of an earlier accuracy.json (same config); with "
+                   "--methods, a cell run again keeps its earlier rows of the other methods")
     p.add_argument("--methods", help="comma-separated method names (default: all)")
     p.add_argument("--strength", type=float, help="GroupLasso strength of the sparse methods (default 5.0)")
     p.add_argument("--sparsity", type=float, help="share of each group's channels GroupLasso drives to zero (default 0.6)")
@@ -534,8 +603,9 @@ def main(argv=None):
                     job = dict(dataset=ds, model=arch, seed=seed, config=cfg, methods=methods,
                                out=os.path.join(tmp, f"{ds}-{arch}-{seed}.json"))
                     done = (ds, arch, seed)
+                    earlier_cell = next((c for c in cells if (c["dataset"], c["model"], c["seed"]) == done), None)
                     cells = [c for c in cells if (c["dataset"], c["model"], c["seed"]) != done]
-                    cells.append(_run_cell_subprocess(job))
+                    cells.append(_merge_cell(earlier_cell, _run_cell_subprocess(job), methods))
                     payload = {"command": command, "backend": keras.backend.backend(), "config": cfg,
                                "minutes": before + (time.perf_counter() - t0) / 60, "cells": cells}
                     _atomic(os.path.join(out, "accuracy.json"), json.dumps(payload, indent=1))
