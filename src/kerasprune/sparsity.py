@@ -102,14 +102,10 @@ class _GroupWeights:
     def choose(self, ratio: float) -> dict[int, np.ndarray]:
         """Penalize only the `floor(ratio * size)` channels of each group with the smallest norms."""
         norms = self.norms()
-        self.active = {}
-        for g in self.groups:
-            n = min(int(math.floor(ratio * g.size + 1e-9)), g.size)
-            mask = np.zeros(g.size, dtype=bool)
-            mask[np.argsort(norms[g.id], kind="stable")[:n]] = True
-            self.active[g.id] = mask
-        self._active = {gid: keras.ops.convert_to_tensor(m) for gid, m in self.active.items()}
-        return self.active
+        return self.choose_channels({
+            g.id: np.argsort(norms[g.id], kind="stable")[: min(int(math.floor(ratio * g.size + 1e-9)), g.size)]
+            for g in self.groups
+        })
 
     def choose_channels(self, removed) -> dict[int, np.ndarray]:
         """Penalize exactly the given channels, `{group id: channel indices}` (other groups: none)."""
